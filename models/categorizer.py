@@ -1,0 +1,28 @@
+"""The one interface the consumer depends on: whole batches in, decisions out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Decision:
+    category: str
+    kl: float
+    alternatives: tuple[tuple[str, float], ...]  # the next two targets and their KL
+    abstained: bool
+    image_used: bool
+
+
+class Categorizer(Protocol):
+    model_version: str
+    taxonomy_version: str
+    image_size: tuple[int, int]  # (height, width) that `prepare_image` produces
+
+    def prepare_image(self, image) -> np.ndarray:
+        """PIL image → uint8 array [H, W, 3] at the model's input size (runs in fetch threads)."""
+
+    def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
+        """One decision per product; images[i] is None when no usable image exists."""
