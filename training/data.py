@@ -1,0 +1,112 @@
+"""Loading a catalogue in the Kaggle fashion-product-images layout, its label space and splits.
+
+Works on any folder with ``styles.csv`` and ``images/<id>.jpg`` (the shared copy or a
+user's own Kaggle download); nothing here is copied into the repository.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
+MARKETPLACE_DIR = REPO_ROOT.parent / "shared" / "data" / "target-marketplace"
+ARTICLE_TYPE_TO_TARGET = REPO_ROOT / "training" / "labels" / "article_type_to_target.yaml"
+
+# Rare articleTypes are merged by target category (see `label_space`); a merged group that
+# still has fewer products than this is dropped from the source label space.
+DEFAULT_MIN_COUNT = 20
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The catalogue folder: explicit argument, else SHELVER_DATA_DIR, else ../shared/data/..."""
+    path = Path(explicit or os.environ.get("SHELVER_DATA_DIR") or DEFAULT_DATA_DIR)
+    if not (path / "styles.csv").exists():
+        raise FileNotFoundError(
+            f"no catalogue at {path}: expected styles.csv and images/<id>.jpg "
+            "(the Kaggle fashion-product-images-small layout); set SHELVER_DATA_DIR or pass --data"
+        )
+    return path
+
+
+def load_catalogue(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """styles.csv rows that have an image, with an ``image_path`` column and clean text."""
+    root = data_dir(path)
+    df = pd.read_csv(root / "styles.csv", dtype={"id": "int64"}, keep_default_na=True, on_bad_lines="skip")
+    df["productDisplayName"] = df["productDisplayName"].fillna("").astype(str)
+    df["image_path"] = [str(root / "images" / f"{i}.jpg") for i in df["id"]]
+    has_image = np.array([os.path.exists(p) for p in df["image_path"]])
+    return df[has_image].reset_index(drop=True)
+
+
+def article_type_targets(path: Path = ARTICLE_TYPE_TO_TARGET) -> dict[str, str]:
+    """The hand-written articleType → marketplace category mapping (documented ground truth)."""
+    return {str(k): str(v) for k, v in yaml.safe_load(path.read_text())["mapping"].items()}
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    labels: tuple[str, ...]  # source classes, index = model output position
+    article_to_label: dict[str, str]  # every kept articleType → its source class
+
+    def encode(self, article_types: pd.Series) -> np.ndarray:
+        """Source class index per row, -1 for articleTypes outside the label space."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index.get(self.article_to_label.get(a, ""), -1) for a in article_types], dtype=np.int64)
+
+
+def label_space(df: pd.DataFrame, targets: dict[str, str], min_count: int = DEFAULT_MIN_COUNT) -> LabelSpace:
+    """articleType classes; rare ones merged per target category, then tiny groups dropped.
+
+    An articleType with at least ``min_count`` products is its own class. Rarer types are
+    pooled into ``other:<TARGET>`` by their marketplace category (e.g. Jumpsuit 14 +
+    Rompers 10 → ``other:JUMPSUIT``), which keeps every target reachable without
+    inventing classes the data cannot support; a pool still under ``min_count`` is dropped.
+    """
+    counts = df["articleType"].value_counts()
+    article_to_label: dict[str, str] = {}
+    for article, n in counts.items():
+        if n >= min_count:
+            article_to_label[article] = article
+        elif article in targets:
+            article_to_label[article] = f"other:{targets[article]}"
+    pooled = pd.Series([article_to_label.get(a) for a in df["articleType"]]).value_counts()
+    keep = {label for label, n in pooled.items() if n >= min_count}
+    article_to_label = {a: lab for a, lab in article_to_label.items() if lab in keep}
+    return LabelSpace(labels=tuple(sorted(keep)), article_to_label=article_to_label)
+
+
+def split(df: pd.DataFrame, y: np.ndarray, holdout: float = 0.15, seed: int = 13) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split stratified by class: index arrays (train, held-out); rows with y < 0 excluded."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for cls in np.unique(y[y >= 0]):
+        idx = np.flatnonzero(y == cls)
+        idx = idx[np.argsort(df["id"].to_numpy()[idx])]  # order by id first: independent of file order
+        rng.shuffle(idx)
+        n_test = max(1, int(round(len(idx) * holdout)))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def data_hash(df: pd.DataFrame) -> str:
+    """Short fingerprint of the rows and labels a model was trained on (goes into the manifest)."""
+    h = hashlib.sha256()
+    for row in df[["id", "articleType", "subCategory", "productDisplayName"]].itertuples(index=False):
+        h.update("\x1f".join(map(str, row)).encode())
+    return h.hexdigest()[:16]
+
+
+def load_marketplace(path: str | os.PathLike | None = None) -> list[dict]:
+    """The target marketplace's development sample (description, image_url), in file order."""
+    import json
+
+    root = Path(path or os.environ.get("SHELVER_MARKETPLACE_DIR") or MARKETPLACE_DIR)
+    return json.loads((root / "product_data.json").read_text())
