@@ -1,0 +1,42 @@
+# The README's two commands: `make run` (the main job end to end) and `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast lint train evaluate benchmark clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	scripts/run-demo
+
+test: setup
+	$(BIN)/pytest -q -ra
+
+test-fast: setup
+	$(BIN)/pytest -q -ra -m "not kafka and not slow"
+
+lint: setup
+	$(BIN)/ruff check consumer models schemas training tests benchmarks
+
+train: setup
+	$(BIN)/shelver train
+
+evaluate: setup
+	$(BIN)/shelver evaluate
+
+benchmark: setup
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	-scripts/kafka-local stop
+	rm -rf .kafka .cache
