@@ -1,0 +1,138 @@
+"""Kafka value (de)serialization: Avro single-object encoding, or Confluent Schema Registry framing.
+
+Both modes resolve what was written into the *current* reader schema, so events from older or newer
+compatible producers decode to the same dict shape. Anything undecodable raises ``WireFormatError``
+(the consumer sends those to the dead-letter topic).
+"""
+from __future__ import annotations
+
+import io
+from typing import Iterable, Protocol
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas import SCHEMA_DIR, load_schema, schema_text
+
+SCHEMAS = ("product_event", "category_assigned")
+MAGIC = b"\xc3\x01"  # Avro single-object encoding marker
+
+
+class WireFormatError(ValueError):
+    """The bytes are not a decodable event (bad framing, unknown schema, corrupt body)."""
+
+
+class AvroCodec(Protocol):
+    def encode(self, record: dict, schema: str, topic: str) -> bytes: ...
+
+    def decode(self, data: bytes, schema: str, topic: str) -> dict: ...
+
+
+def rabin_fingerprint(schema: dict) -> bytes:
+    """CRC-64-AVRO of the parsing canonical form, as the 8 little-endian bytes the spec puts on the wire.
+
+    fastavro already returns the little-endian byte order (as Java does); checked against the spec's
+    test vector in tests/test_schemas.py.
+    """
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def _all_schema_names() -> list[str]:
+    return [str(p.relative_to(SCHEMA_DIR).with_suffix("")) for p in sorted(SCHEMA_DIR.rglob("*.avsc"))]
+
+
+def _read_exact(body: io.BytesIO, writer: dict, reader: dict) -> dict:
+    record = schemaless_reader(body, writer, reader)
+    if body.read(1):
+        raise WireFormatError("trailing bytes after the Avro body")
+    return record
+
+
+class SingleObjectCodec:
+    """``C3 01`` + 8-byte fingerprint + Avro binary; writers are looked up by fingerprint."""
+
+    def __init__(self, readers: dict[str, dict] | None = None, writers: Iterable[dict] | None = None):
+        # readers: schema name -> parsed schema used to encode and to read into (default: current files).
+        # writers: every schema we accept on the wire (default: all of schemas/ incl. history/).
+        self._readers = readers or {name: load_schema(name) for name in SCHEMAS}
+        writers = list(writers) if writers is not None else [load_schema(n) for n in _all_schema_names()]
+        self._writers = {rabin_fingerprint(s): s for s in [*writers, *self._readers.values()]}
+        self._headers = {name: MAGIC + rabin_fingerprint(s) for name, s in self._readers.items()}
+
+    def encode(self, record: dict, schema: str, topic: str) -> bytes:
+        out = io.BytesIO()
+        out.write(self._headers[schema])
+        schemaless_writer(out, self._readers[schema], record)
+        return out.getvalue()
+
+    def decode(self, data: bytes, schema: str, topic: str) -> dict:
+        reader = self._readers[schema]
+        if len(data) < 10 or data[:2] != MAGIC:
+            raise WireFormatError(f"not Avro single-object encoded (starts {bytes(data[:2]).hex() or 'empty'})")
+        writer = self._writers.get(data[2:10])
+        if writer is None:
+            raise WireFormatError(f"unknown writer schema fingerprint {data[2:10].hex()}")
+        if writer["name"] != reader["name"]:
+            raise WireFormatError(f"payload is a {writer['name']}, expected a {reader['name']}")
+        try:
+            return _read_exact(io.BytesIO(data[10:]), writer, reader)
+        except WireFormatError:
+            raise
+        except Exception as exc:  # untrusted bytes: fastavro raises EOFError, UnicodeError, IndexError...
+            raise WireFormatError(f"corrupt {reader['name']} body: {type(exc).__name__}: {exc}") from exc
+
+
+_SERIALIZER_KEYS = {"auto.register.schemas", "normalize.schemas", "use.latest.version"}
+_mock_clients: dict[str, SchemaRegistryClient] = {}
+
+
+class RegistryCodec:
+    """Confluent framing (magic 0 + 4-byte schema id) with TopicNameStrategy subjects (``<topic>-value``)."""
+
+    def __init__(self, client: SchemaRegistryClient, serializer_conf: dict | None = None):
+        self._serializers = {
+            n: AvroSerializer(client, schema_text(n), conf=serializer_conf or None) for n in SCHEMAS
+        }
+        self._deserializers = {n: AvroDeserializer(client, schema_text(n)) for n in SCHEMAS}
+
+    def encode(self, record: dict, schema: str, topic: str) -> bytes:
+        return self._serializers[schema](record, SerializationContext(topic, MessageField.VALUE))
+
+    def decode(self, data: bytes, schema: str, topic: str) -> dict:
+        if data is None:
+            raise WireFormatError("empty (tombstone) message")
+        try:
+            return self._deserializers[schema](data, SerializationContext(topic, MessageField.VALUE))
+        except Exception as exc:  # SerializationError, SchemaRegistryError (unknown id), fastavro errors
+            raise WireFormatError(f"undecodable registry-framed {schema}: {type(exc).__name__}: {exc}") from exc
+
+
+def _bool(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def make_codec(schema_registry_url: str | None, registry_options: dict | None = None) -> AvroCodec:
+    """Registry mode when a URL is given, single-object encoding otherwise.
+
+    ``registry_options`` go to the SchemaRegistryClient (``basic.auth.user.info``, ``ssl.*``), except
+    ``auto.register.schemas``/``normalize.schemas``/``use.latest.version`` which configure the serializer.
+    ``mock://`` URLs share one in-memory registry per URL within the process (tests, local runs).
+    """
+    if not schema_registry_url:
+        return SingleObjectCodec()
+    options = dict(registry_options or {})
+    serializer_conf = {k: _bool(options.pop(k)) for k in list(options) if k in _SERIALIZER_KEYS}
+    conf = {"url": schema_registry_url, **options}
+    if not schema_registry_url.startswith("mock://"):
+        return RegistryCodec(SchemaRegistryClient(conf), serializer_conf)
+    if schema_registry_url not in _mock_clients:
+        _mock_clients[schema_registry_url] = SchemaRegistryClient.new_client(conf)
+    return RegistryCodec(_mock_clients[schema_registry_url], serializer_conf)
+
+
+__all__ = [
+    "AvroCodec", "RegistryCodec", "SingleObjectCodec", "WireFormatError", "make_codec", "rabin_fingerprint",
+]
