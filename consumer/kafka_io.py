@@ -1,0 +1,48 @@
+"""Thin constructors for the Kafka clients; the delivery guarantees live in these few settings.
+
+``settings.kafka_options`` (security, SASL, TLS, tuning) pass through unchanged, but cannot switch
+off the options marked "guarantee": at-least-once depends on them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from consumer.config import Settings
+
+
+def make_consumer(settings: Settings, extra: dict[str, Any] | None = None) -> Consumer:
+    conf: dict[str, Any] = {
+        # Incremental rebalances: only moved partitions stop; the rest keep flowing.
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+        **settings.kafka_common(),
+        "group.id": settings.group_id,
+        # guarantee: never commit on a timer; the service commits explicit offsets only after every
+        # result and DLQ record of a batch has a successful delivery report.
+        "enable.auto.commit": False,
+        # guarantee: nothing is stored implicitly by poll/consume either (we commit explicit offsets).
+        "enable.auto.offset.store": False,
+        # guarantee: a new group starts from the oldest retained event, not only the ones after it joins.
+        "auto.offset.reset": settings.auto_offset_reset,
+        # The member is evicted if consume() is not called within this; the service keeps calling it
+        # (with the assignment paused) while inference is busy, so long batches never hit this.
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        **(extra or {}),
+    }
+    return Consumer(conf)
+
+
+def make_producer(settings: Settings, extra: dict[str, Any] | None = None) -> Producer:
+    conf: dict[str, Any] = {
+        "linger.ms": 5,  # small: a batch's results leave together without adding visible latency
+        "compression.type": "lz4",
+        **settings.kafka_common(),
+        # guarantee: retries cannot duplicate or reorder records within a partition.
+        "enable.idempotence": True,
+        # guarantee: a record counts as delivered only once every in-sync replica has it.
+        "acks": "all",
+        **(extra or {}),
+    }
+    return Producer(conf)
