@@ -1,0 +1,61 @@
+"""Text encoder, a small real training run, and the float16 artifact round trip."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from models.text_model import TextEncoder, load_text_model, save_text_model
+from training import data
+from training.train_text import train_text_model
+
+
+def test_encoder_is_deterministic_and_hashes_bigrams():
+    enc = TextEncoder.build(["red cotton shirt", "blue cotton shirt", "red dress"], n_buckets=1000)
+    assert enc.vocab == {"cotton": 1, "red": 2, "shirt": 3, "blue": 4, "dress": 5}  # by count, then name
+    ids = enc.encode(["Red <b>Cotton</b> SHIRT", "unknown dress"])
+    base = 1 + len(enc.vocab)
+    bigram = lambda a, b: base + zlib.crc32(f"{a} {b}".encode()) % 1000  # noqa: E731
+    assert ids.dtype == np.int32
+    assert ids[0].tolist() == [2, 1, 3, bigram("red", "cotton"), bigram("cotton", "shirt")]
+    # the unknown word is dropped, its bigram is still hashed; the row is padded with 0
+    assert ids[1].tolist() == [5, bigram("unknown", "dress"), 0, 0, 0]
+    assert np.array_equal(ids, TextEncoder.from_json(enc.to_json()).encode(["red cotton shirt", "unknown dress"]))
+
+
+def test_encoder_truncates_long_texts():
+    enc = TextEncoder({"a": 1}, n_buckets=10, max_len=3)
+    assert enc.encode(["a a a a a a"]).shape == (1, 3 + 2)
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    df = data.load_catalogue()
+    space = data.label_space(df, data.article_type_targets())
+    y = space.encode(df["articleType"])
+    tr, te = data.split(df, y)
+    rng = np.random.default_rng(0)
+    tr, te = np.sort(rng.choice(tr, 3000, replace=False)), np.sort(rng.choice(te, 600, replace=False))
+    titles = df["productDisplayName"].tolist()
+    tm, hist = train_text_model([titles[i] for i in tr], y[tr], [], y[:0], space.labels, [titles[i] for i in tr],
+                                init="random", epochs=3, seed=1, n_buckets=2**12, verbose=0)
+    return tm, [titles[i] for i in te], y[te], space
+
+
+def test_small_training_learns(small_run):
+    tm, texts, y, space = small_run
+    p = tm.predict_proba(texts)
+    assert p.shape == (len(texts), len(space.labels))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    chance = np.bincount(y).max() / len(y)
+    assert (p.argmax(1) == y).mean() > max(0.6, 2 * chance)
+
+
+def test_save_load_predicts_identically(small_run, tmp_path):
+    tm, texts, _, _ = small_run
+    save_text_model(tm, tmp_path)
+    loaded = load_text_model(tmp_path)
+    assert loaded.labels == tm.labels
+    assert np.array_equal(loaded.predict_proba(texts), tm.predict_proba(texts))
+    assert (tmp_path / "text_weights.npz").stat().st_size < 15e6

@@ -1,0 +1,244 @@
+"""Text-only evaluation on the hand-labelled marketplace sample, the original-method baseline,
+and the init ablation.
+
+The labelled items are split once (seeded, grouped by identical description so a duplicate
+can never sit on both sides) into `taxonomy examples` (≤ 40%: may be used for training and
+projections) and `evaluation` (≥ 60%: never used for anything but the reported numbers).
+
+    python -m training.marketplace_eval --out reports/text_eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score
+
+from models import kl
+from models.taxonomy import Taxonomy, build_projections, choose_categories, load_taxonomy, mapped_classes
+from models.text import normalize
+from models.text_model import TextModel
+from training import data
+from training.train_text import INITS, train_text_model
+
+DEV_LABELS = data.REPO_ROOT / "training" / "labels" / "marketplace_dev.csv"
+TAXONOMY = data.REPO_ROOT / "models" / "taxonomies" / "marketplace.yaml"
+UNLABELABLE = "UNLABELABLE"
+SPLIT_SEED = 2024
+
+
+def load_dev(path: Path = DEV_LABELS) -> pd.DataFrame:
+    """Dev labels joined with their descriptions (column ``text``), in file order."""
+    dev = pd.read_csv(path)
+    texts = [d["description"] for d in data.load_marketplace()]
+    dev["text"] = [texts[i] for i in dev["index"]]
+    return dev
+
+
+def dev_split(dev: pd.DataFrame, examples_frac: float = 0.4, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(examples, evaluation) row positions; identical normalized descriptions stay together,
+    groups are assigned per label so both parts keep the label mix."""
+    rng = np.random.default_rng(seed)
+    key = [normalize(t) for t in dev["text"]]
+    groups = pd.DataFrame({"key": key, "label": dev["label"].to_numpy()}).groupby("key", sort=True)["label"].first()
+    ex_keys: set[str] = set()
+    for _, keys in groups.groupby(groups, sort=True):
+        ks = np.array(sorted(keys.index))
+        rng.shuffle(ks)
+        ex_keys.update(ks[: int(np.floor(len(ks) * examples_frac))])
+    is_ex = np.array([k in ex_keys for k in key])
+    return np.flatnonzero(is_ex), np.flatnonzero(~is_ex)
+
+
+def target_soft_labels(taxonomy: Taxonomy, labels: Sequence[str], class_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per target, a distribution over its source classes proportional to catalogue frequency:
+    how a marketplace item of that target is mapped to a "representative" source label."""
+    out = {}
+    for c in taxonomy.categories:
+        row = np.zeros(len(labels), np.float32)
+        idx = mapped_classes(c, labels)
+        row[idx] = class_counts[idx] + 1.0
+        out[c.name] = row / row.sum()
+    return out
+
+
+def keyword_sentences(taxonomy: Taxonomy, n_per_target: int, seed: int) -> tuple[list[str], list[str]]:
+    """Synthetic attribute-list sentences per target made of its keywords (weak supervision),
+    shaped like the marketplace's "Midi design, Flared design, V-neck" lists."""
+    rng = np.random.default_rng(seed)
+    texts, names = [], []
+    for c in taxonomy.categories:
+        kws = list(c.keywords)
+        for _ in range(n_per_target):
+            k = int(rng.integers(2, min(6, len(kws)) + 1))
+            texts.append(", ".join(rng.choice(kws, size=k, replace=False)).capitalize())
+            names.append(c.name)
+    return texts, names
+
+
+def train_marketplace_text_model(
+    df: pd.DataFrame,
+    space: data.LabelSpace,
+    taxonomy: Taxonomy,
+    dev: pd.DataFrame,
+    examples_idx: np.ndarray,
+    init: str = "cbow+glove",
+    epochs: int = 6,
+    seed: int = 0,
+    keyword_weight: float = 0.3,
+    n_keyword: int = 150,
+    example_weight: float = 3.0,
+    verbose: int = 1,
+) -> tuple[TextModel, dict]:
+    """The production recipe: catalogue titles (train split) + keyword sentences (modest weight)
+    + the labelled taxonomy examples (mapped to soft source labels). Returns the model and its
+    history, incl. catalogue held-out source top-1 (``catalogue_top1``)."""
+    y = space.encode(df["articleType"])
+    tr, te = data.split(df, y)
+    titles = df["productDisplayName"].tolist()
+    n = len(space.labels)
+    soft = target_soft_labels(taxonomy, space.labels, np.bincount(y[tr], minlength=n).astype(np.float64))
+    texts = [titles[i] for i in tr]
+    ys = [np.eye(n, dtype=np.float32)[y[tr]]]
+    weights = [np.ones(len(tr), np.float32)]
+    if keyword_weight > 0:
+        kt, kn = keyword_sentences(taxonomy, n_keyword, seed)
+        texts += kt
+        ys.append(np.stack([soft[k] for k in kn]))
+        weights.append(np.full(len(kt), keyword_weight, np.float32))
+    ex = dev.iloc[examples_idx]
+    ex = ex[ex["label"] != UNLABELABLE]
+    if example_weight > 0 and len(ex):
+        texts += ex["text"].tolist()
+        ys.append(np.stack([soft[k] for k in ex["label"]]))
+        weights.append(np.full(len(ex), example_weight, np.float32))
+    market = [d["description"] for d in data.load_marketplace()]
+    pretrain = market + titles
+    tm, hist = train_text_model(
+        texts, np.concatenate(ys), [titles[i] for i in te], y[te], space.labels, pretrain, init=init,
+        epochs=epochs, seed=seed, sample_weight=np.concatenate(weights),
+        pretrain_weights=[5] * len(market) + [1] * len(titles), verbose=verbose,
+    )
+    hist["catalogue_top1"] = float((tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean())
+    return tm, hist
+
+
+def scores(pred: Sequence[str], true: Sequence[str], targets: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 (over targets present in ``true``), per-class recall, confusion."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    present = [t for t in targets if (true == t).any()]
+    per_class = {t: {"n": int((true == t).sum()), "recall": float((pred[true == t] == t).mean())} for t in present}
+    return {
+        "n": int(len(true)),
+        "accuracy": float((pred == true).mean()),
+        "macro_f1": float(f1_score(true, pred, labels=present, average="macro", zero_division=0)),
+        "per_class": per_class,
+        "confusion": {"labels": list(targets), "matrix": confusion_matrix(true, pred, labels=list(targets)).tolist()},
+    }
+
+
+def evaluate_text_choice(
+    tm: TextModel, taxonomy: Taxonomy, dev: pd.DataFrame, examples_idx, eval_idx, threshold: float | None = None,
+    **proj_kw,
+) -> dict:
+    """KL choice from text alone on the evaluation items (labelable ones)."""
+    ex = dev.iloc[examples_idx]
+    ex = ex[ex["label"] != UNLABELABLE]
+    q = build_projections(taxonomy, tm.labels, tm, list(zip(ex["text"], ex["label"])), **proj_kw)
+    ev = dev.iloc[eval_idx]
+    ev = ev[ev["label"] != UNLABELABLE]
+    choices = choose_categories(tm.predict_proba(ev["text"].tolist()), q, taxonomy.targets, threshold,
+                                taxonomy.fallback)
+    return scores([c.category for c in choices], ev["label"].tolist(), taxonomy.targets)
+
+
+def abstain_curve(tm: TextModel, taxonomy: Taxonomy, dev: pd.DataFrame, rows, q: np.ndarray) -> list[dict]:
+    """Accuracy on ``rows`` (labelable) when abstaining to the fallback above each KL quantile."""
+    part = dev.iloc[rows]
+    part = part[part["label"] != UNLABELABLE]
+    k = kl.kl_matrix(tm.predict_proba(part["text"].tolist()), q)
+    best = k.min(axis=1)
+    out = [{"threshold": None, **_acc(k, None, part, taxonomy)}]
+    for qt in (0.5, 0.7, 0.8, 0.9, 0.95):
+        th = float(np.quantile(best, qt))
+        out.append({"threshold": th, **_acc(k, th, part, taxonomy)})
+    return out
+
+
+def _acc(k, th, part, taxonomy) -> dict:
+    ch = kl.choose(k, taxonomy.targets, th, taxonomy.fallback)
+    return {"accuracy": float(np.mean([c.category == t for c, t in zip(ch, part["label"])]))}
+
+
+def original_method(df: pd.DataFrame, taxonomy: Taxonomy, dev: pd.DataFrame, eval_idx, init: str = "cbow",
+                    epochs: int = 6, seed: int = 0, verbose: int = 1) -> dict:
+    """The prototype: subCategory text model (titles only), top-3 sparsified p and q, q_t from the
+    bare normalized category name, KL choice. Text only (marketplace images are unreachable)."""
+    subs = sorted(df["subCategory"].unique())
+    y = df["subCategory"].map({s: i for i, s in enumerate(subs)}).to_numpy()
+    tr, te = data.split(df, y)
+    titles = df["productDisplayName"].tolist()
+    market = [d["description"] for d in data.load_marketplace()]
+    tm, hist = train_text_model([titles[i] for i in tr], y[tr], [titles[i] for i in te], y[te], subs,
+                                market + titles, init=init, epochs=epochs, seed=seed, verbose=verbose)
+    q = kl.smooth(kl.top_k_sparsify(tm.predict_proba([normalize(t) for t in taxonomy.targets]), 3), 1e-8)
+    ev = dev.iloc[eval_idx]
+    ev = ev[ev["label"] != UNLABELABLE]
+    p = kl.top_k_sparsify(tm.predict_proba(ev["text"].tolist()), 3)
+    pred = [c.category for c in choose_categories(p, q, taxonomy.targets)]
+    res = scores(pred, ev["label"].tolist(), taxonomy.targets)
+    res["catalogue_subcategory_top1"] = float((tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean())
+    res["train_seconds"] = hist["seconds"]
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inits", default=",".join(INITS))
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="full,no-keywords,no-examples,titles-only")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    df = data.load_catalogue()
+    space = data.label_space(df, data.article_type_targets())
+    taxonomy = load_taxonomy(TAXONOMY)
+    dev = load_dev()
+    ex_idx, ev_idx = dev_split(dev)
+    variants = {
+        "full": {},
+        "no-keywords": {"keyword_weight": 0.0},
+        "no-examples": {"example_weight": 0.0},
+        "titles-only": {"keyword_weight": 0.0, "example_weight": 0.0},
+    }
+    report: dict = {"split": {"examples": len(ex_idx), "evaluation": len(ev_idx), "seed": SPLIT_SEED}, "runs": []}
+    for variant in args.variants.split(","):
+        for init in args.inits.split(","):
+            tm, hist = train_marketplace_text_model(df, space, taxonomy, dev, ex_idx, init=init, epochs=args.epochs,
+                                                    seed=args.seed, verbose=0, **variants[variant])
+            use_ex = variants[variant].get("example_weight", 1) > 0
+            res = evaluate_text_choice(tm, taxonomy, dev, ex_idx if use_ex else [], ev_idx)
+            row = {"variant": variant, "init": init, "catalogue_top1": hist["catalogue_top1"],
+                   "market_acc": res["accuracy"], "market_macro_f1": res["macro_f1"],
+                   "train_seconds": round(hist["seconds"], 1), "eval": res}
+            report["runs"].append(row)
+            print(f"{variant:12s} {init:11s} catalogue top1 {row['catalogue_top1']:.4f}  market acc "
+                  f"{row['market_acc']:.4f}  macro-F1 {row['market_macro_f1']:.4f}  ({row['train_seconds']}s)",
+                  flush=True)
+    if not args.no_baseline:
+        base = original_method(df, taxonomy, dev, ev_idx, epochs=args.epochs, seed=args.seed, verbose=0)
+        report["original_method"] = base
+        print(f"original method (subCategory, top-3, bare names): market acc {base['accuracy']:.4f}  "
+              f"macro-F1 {base['macro_f1']:.4f}  subCategory top1 {base['catalogue_subcategory_top1']:.4f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
