@@ -1,0 +1,128 @@
+"""The evaluation report: markdown tables, confusion-matrix and training-curve PNGs, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from models.text import normalize  # noqa: E402
+
+
+def _confusion_png(matrix, labels, title, path: Path) -> None:
+    m = np.asarray(matrix, dtype=float)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves_png(manifest: dict, path: Path) -> bool:
+    hist = manifest.get("training", {})
+    panels = [(n, hist.get(k) or {}) for n, k in (("image head", "image_history"), ("text model", "text_history"))]
+    panels = [(n, h) for n, h in panels if any(isinstance(v, list) for v in h.values())]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (name, h) in zip(axes[0], panels):
+        for key, values in h.items():
+            if isinstance(values, list) and values and ("loss" in key or "acc" in key):
+                ax.plot(range(1, len(values) + 1), values, label=key)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_report(results: dict, manifest: dict, errors, market, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = manifest["taxonomy"]["targets"]
+    cat = results["catalogue"]
+    om = results.get("original_method")
+    lines = [
+        f"# Evaluation of `{results['version']}`",
+        "",
+        f"Produced by `shelver evaluate` ({results['seconds']} s). Catalogue rows: {results['rows']} "
+        f"({results['split']} split, seeded and stratified by articleType). Targets: the hand-written "
+        "articleType → category mapping (`training/labels/article_type_to_target.yaml`). "
+        f"Ensemble image weight: {results['image_weight']:.2f}.",
+        "",
+        "## Catalogue (held-out)",
+        "",
+        "| model | source top-1 | source top-5 | source macro-F1 | target accuracy | target macro-F1 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in cat.items():
+        s, t = r["source"], r["target"]
+        lines.append(f"| {name} | {_pct(s['top1'])} | {_pct(s['top5'])} | {s['macro_f1']:.3f} | "
+                     f"{_pct(t['accuracy'])} | {t['macro_f1']:.3f} |")
+    if om:
+        t = om["catalogue"]["target"]
+        src = om["catalogue"]["source"]
+        lines.append(f"| original method (subCategory) | img {_pct(src['image-only']['top1'])} / txt "
+                     f"{_pct(src['text-only']['top1'])} | | | {_pct(t['accuracy'])} | {t['macro_f1']:.3f} |")
+    if "marketplace" in results:
+        m = results["marketplace"]["text-only"]
+        lines += [
+            "",
+            "## Marketplace (hand-labelled evaluation part, text only: its images are unreachable)",
+            "",
+            f"{m['n']} labelled descriptions never used for training or tuning "
+            "(`training/labels/marketplace_dev.csv`, split by `training.marketplace_eval.dev_split`).",
+            "",
+            "| model | accuracy | macro-F1 |",
+            "|---|---:|---:|",
+            f"| ours (text model + KL choice) | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} |",
+        ]
+        if om and "marketplace" in om:
+            lines.append(f"| original method | {_pct(om['marketplace']['accuracy'])} | {om['marketplace']['macro_f1']:.3f} |")
+        lines += ["", "Per-class recall (ours): " + ", ".join(
+            f"{k} {_pct(v)}" for k, v in m["per_class_recall"].items())]
+    _confusion_png(cat["ensemble"]["target"]["confusion"], targets, "catalogue held-out, ensemble",
+                   out_dir / "confusion_catalogue.png")
+    lines += ["", "## Confusion matrices", "", "![catalogue](confusion_catalogue.png)"]
+    if "marketplace" in results:
+        _confusion_png(results["marketplace"]["text-only"]["confusion"], targets, "marketplace, text only",
+                       out_dir / "confusion_marketplace.png")
+        lines.append("![marketplace](confusion_marketplace.png)")
+    if _curves_png(manifest, out_dir / "training_curves.png"):
+        lines += ["", "## Training curves", "", "![curves](training_curves.png)"]
+    lines += ["", "## Sample of errors", "", "Catalogue (ensemble):", "",
+              "| title | articleType | true | predicted |", "|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    for i in rng.permutation(len(errors))[:15]:
+        title, article, true, pred = errors[i]
+        lines.append(f"| {title} | {article} | {true} | {pred} |")
+    if market:
+        wrong = [(t, a, p) for t, a, p in zip(market["texts"], market["true"], market["pred"]) if a != p]
+        lines += ["", "Marketplace (text only):", "", "| description | true | predicted |", "|---|---|---|"]
+        for i in rng.permutation(len(wrong))[:15]:
+            text, true, pred = wrong[i]
+            lines.append(f"| {normalize(text)[:120].replace('|', '/')} | {true} | {pred} |")
+    (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    return out_dir / "evaluation.md"

@@ -1,0 +1,174 @@
+"""`shelver train`: text model, image model, taxonomy projections → a versioned artifact folder.
+
+Steps (each with a progress bar): load the catalogue and its articleType label space; split
+it (seeded, stratified, by id); train the text model (CBOW pretraining + supervised); cache
+frozen EfficientNet-Lite0 features (+ horizontal flips) and train the image head; project
+the taxonomy onto the source labels; tune the ensemble weight on a validation part of the
+training split; save the artifact; then run `shelver evaluate` on it (held-out split,
+original method side by side) and write the report.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import structlog
+
+from models import kl
+from models.artifact import Artifact
+from models.image import build_image_classifier
+from models.taxonomy import build_projections, load_taxonomy
+from training import data
+from training.image_features import extract_features
+from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
+from training.train_image import train_head
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_IMAGE_SIZE = (128, 128)
+ARTIFACTS = data.REPO_ROOT / "models" / "artifacts"
+
+
+def _subsample(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Row mask keeping at most ``per_class`` rows of each class (smoke runs)."""
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(y), bool)
+    for c in np.unique(y[y >= 0]):
+        idx = np.flatnonzero(y == c)
+        keep[rng.permutation(idx)[:per_class]] = True
+    return keep
+
+
+def _softmax_head(features: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """The trained head applied to cached features (same math as the Dense softmax layer)."""
+    logits = features.astype(np.float32) @ weights[0] + weights[1]
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def tune_image_weight(image_p, text_p, q, targets, true_targets, grid=np.linspace(0.1, 0.9, 9)) -> float:
+    """Ensemble weight with the best target accuracy on validation rows (ties → closer to 0.5)."""
+    scores = []
+    for w in grid:
+        p = kl.ensemble(image_p, text_p, None, float(w))
+        pred = np.asarray(targets)[kl.kl_matrix(p, q).argmin(axis=1)]
+        scores.append(((pred == true_targets).mean(), -abs(w - 0.5), float(w)))
+    return max(scores)[2]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="shelver train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="catalogue folder in the Kaggle layout (default: SHELVER_DATA_DIR or ../shared/...)")
+    ap.add_argument("--out", type=Path, help="artifact folder (default models/artifacts/<version>)")
+    ap.add_argument("--version", default=None, help="artifact version (default: shelver-<UTC date>)")
+    ap.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"))
+    ap.add_argument("--per-class", type=int, default=0, help="cap rows per class (smoke runs); 0 = all")
+    ap.add_argument("--text-epochs", type=int, default=6)
+    ap.add_argument("--image-epochs", type=int, default=40)
+    ap.add_argument("--no-flip", action="store_true", help="skip the horizontal-flip feature augmentation")
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--taxonomy", type=Path, default=TAXONOMY)
+    ap.add_argument("--report-dir", type=Path, default=data.REPO_ROOT / "reports")
+    ap.add_argument("--no-evaluate", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    started = time.time()
+    version = args.version or f"shelver-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M}"
+    out = args.out or ARTIFACTS / version
+    image_size = tuple(args.image_size)
+
+    df = data.load_catalogue(args.data)
+    mapping = data.article_type_targets()
+    space = data.label_space(df, mapping)
+    y = space.encode(df["articleType"])
+    keep = (y >= 0) & (_subsample(y, args.per_class, args.seed) if args.per_class else True)
+    df, y = df[keep].reset_index(drop=True), y[keep]
+    train_idx, test_idx = data.split(df, y)
+    fit_rel, val_rel = data.split(df.iloc[train_idx].reset_index(drop=True), y[train_idx], holdout=0.1, seed=args.seed + 1)
+    fit_idx, val_idx = train_idx[fit_rel], train_idx[val_rel]
+    labels = list(space.labels)
+    log.info("data", rows=len(df), labels=len(labels), train=len(fit_idx), val=len(val_idx), heldout=len(test_idx))
+
+    taxonomy = load_taxonomy(args.taxonomy)
+    dev = load_dev()
+    examples_idx, _ = dev_split(dev)
+    t = time.time()
+    text_model, text_hist = train_marketplace_text_model(
+        df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed
+    )
+    text_seconds = time.time() - t
+
+    t = time.time()
+    paths = df["image_path"].tolist()
+    features = extract_features(paths, image_size)
+    x_fit, y_fit = features[fit_idx], y[fit_idx]
+    if not args.no_flip:
+        flipped = extract_features([paths[i] for i in fit_idx], image_size, flip=True)
+        x_fit, y_fit = np.concatenate([x_fit, flipped]), np.concatenate([y_fit, y_fit])
+    head_weights, image_hist = train_head(
+        x_fit, y_fit, features[val_idx], y[val_idx], len(labels), epochs=args.image_epochs, seed=args.seed
+    )
+    image_model = build_image_classifier(len(labels), image_size)
+    image_model.get_layer("head").set_weights(head_weights)
+    image_seconds = time.time() - t
+
+    examples = dev.iloc[examples_idx]
+    examples = examples[examples["label"] != UNLABELABLE]
+    q = build_projections(taxonomy, labels, text_model, list(zip(examples["text"], examples["label"])))
+    true_val = np.array([mapping[a] for a in df["articleType"].iloc[val_idx]])
+    image_weight = tune_image_weight(
+        _softmax_head(features[val_idx], head_weights),
+        text_model.predict_proba(df["productDisplayName"].iloc[val_idx].tolist()),
+        q, taxonomy.targets, true_val,
+    )
+    manifest = {
+        "version": version,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "label_space": {
+            "kind": "articleType",
+            "min_count": data.DEFAULT_MIN_COUNT,
+            "labels": labels,
+            "article_to_label": space.article_to_label,
+        },
+        "image": {"backbone": "efficientnet-lite0 (ImageNet, frozen)", "size": list(image_size), "input": "uint8 RGB"},
+        "text": {"recipe": "CBOW+GloVe init, fastText-style bag of words + hashed bigrams", "epochs": args.text_epochs},
+        "taxonomy": {"version": taxonomy.version, "targets": list(taxonomy.targets)},
+        "ensemble": {"image_weight": image_weight, "abstain_threshold": None, "fallback": taxonomy.fallback},
+        "training": {
+            "data_hash": data.data_hash(df),
+            "split_seed": 13,
+            "rows": {"fit": len(fit_idx), "val": len(val_idx), "heldout": len(test_idx)},
+            "per_class_cap": args.per_class or None,
+            "seconds": {"text": round(text_seconds, 1), "image": round(image_seconds, 1)},
+            "text_history": text_hist,
+            "image_history": image_hist,
+            "marketplace_examples": int(len(examples)),
+        },
+    }
+    artifact = Artifact(manifest, image_model, text_model, q, taxonomy.targets)
+    artifact.save(out, args.taxonomy)
+    log.info("artifact_saved", path=str(out), seconds=round(time.time() - started, 1))
+    if not args.no_evaluate:
+        from training import evaluate
+
+        metrics = evaluate.main(["--artifact", str(out), "--report-dir", str(args.report_dir)]
+                                + (["--data", args.data] if args.data else [])
+                                + (["--per-class", str(args.per_class)] if args.per_class else []))
+        manifest["metrics"] = metrics["summary"]
+        manifest["training"]["seconds"]["total"] = round(time.time() - started, 1)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(f"artifact written to {out} in {time.time() - started:.0f}s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
