@@ -15,8 +15,17 @@ import pandas as pd
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
-MARKETPLACE_DIR = REPO_ROOT.parent / "shared" / "data" / "target-marketplace"
+# The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
+# machine finds it at the workspace's fixed location instead.
+SHARED_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+
+
+def _shared(name: str) -> Path:
+    return next((d / name for d in SHARED_DATA_DIRS if (d / name).exists()), SHARED_DATA_DIRS[0] / name)
+
+
+DEFAULT_DATA_DIR = _shared("fashion-product-images-small")
+MARKETPLACE_DIR = _shared("target-marketplace")
 ARTICLE_TYPE_TO_TARGET = REPO_ROOT / "training" / "labels" / "article_type_to_target.yaml"
 
 # Rare articleTypes are merged by target category (see `label_space`); a merged group that
