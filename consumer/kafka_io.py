@@ -14,8 +14,10 @@ from consumer.config import Settings
 
 def make_consumer(settings: Settings, extra: dict[str, Any] | None = None) -> Consumer:
     conf: dict[str, Any] = {
-        # Incremental rebalances: only moved partitions stop; the rest keep flowing.
-        "partition.assignment.strategy": "cooperative-sticky",
+        # range splits *each* topic across the members. cooperative-sticky balances the partition
+        # count over both topics, so one member can end up with only the (mostly idle) replay topic
+        # and do no work; its incremental rebalances buy little here, since a revoke drains anyway.
+        "partition.assignment.strategy": "range",
         "enable.partition.eof": False,
         **settings.kafka_common(),
         "group.id": settings.group_id,

@@ -1,0 +1,113 @@
+"""``shelver``: consume, replay, produce-sample, categorize (no Kafka), train, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from consumer.config import Settings
+from consumer.logs import configure, get_logger
+
+log = get_logger("shelver.cli")
+
+
+def _load_categorizer(settings: Settings):
+    from models.artifact import load_categorizer  # TensorFlow loads only for commands that need it
+
+    return load_categorizer(settings.resolved_artifact_dir())
+
+
+def _timestamp(text: str) -> datetime:
+    """ISO-8601; a naive time is taken as UTC."""
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shelver", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("consume", help="run the consumer until SIGTERM/SIGINT")
+    c.add_argument("--max-events", type=int, help="stop after this many events are committed")
+    c.add_argument("--idle-exit-seconds", type=float, help="stop after this long without new events")
+
+    r = sub.add_parser("replay", help="copy a time range of a topic into the replay topic")
+    r.add_argument("--from", dest="source", help="source topic (default: the input topic)")
+    r.add_argument("--since", type=_timestamp, required=True, help="ISO-8601 start (inclusive)")
+    r.add_argument("--until", type=_timestamp, help="ISO-8601 end (exclusive; default: now)")
+    r.add_argument("--to", help="target topic (default: the replay topic)")
+
+    s = sub.add_parser("produce-sample", help="publish sample events from a Kaggle-layout catalogue")
+    s.add_argument("--count", type=int, default=200)
+    s.add_argument("--data", help="catalogue folder (default: SHELVER_DATA_DIR or the shared copy)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--serve-seconds", type=float, default=0.0, help="keep serving images this long")
+
+    k = sub.add_parser("categorize", help="JSON lines of ProductEvents in, CategoryAssigned lines out")
+    k.add_argument("--input", required=True, help="file, or - for stdin")
+    k.add_argument("--output", required=True, help="file, or - for stdout")
+
+    for name in ("train", "evaluate"):
+        sub.add_parser(name, help=f"see `shelver {name} -- --help`", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], object] | None = None) -> int:
+    """Entry point; ``load_categorizer`` replaces the artifact loader (tests inject a small model)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "evaluate"):
+        import importlib
+
+        return importlib.import_module(f"training.{argv[0]}").main(argv[1:]) or 0
+
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure(settings.log_level)
+    load = load_categorizer or _load_categorizer
+
+    if args.command == "consume":
+        from consumer.service import Service
+
+        service = Service(settings, load(settings), max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: service.stop())
+        return service.run()
+
+    if args.command == "replay":
+        from consumer.replay import replay
+
+        if not (args.to or settings.replay_topic):
+            raise SystemExit("no target topic: pass --to or set SHELVER_REPLAY_TOPIC")
+        n = replay(settings, args.source or settings.input_topic, args.since, args.until,
+                   args.to or settings.replay_topic)
+        print(json.dumps({"replayed": n}))
+        return 0
+
+    if args.command == "produce-sample":
+        from consumer.sample import produce_sample
+
+        n = produce_sample(settings, args.count, args.data, seed=args.seed, serve_seconds=args.serve_seconds)
+        print(json.dumps({"produced": n, "topic": settings.input_topic}))
+        return 0
+
+    if args.command == "categorize":
+        from consumer.images import ImageFetcher
+        from consumer.offline import categorize_lines
+
+        src = nullcontext(sys.stdin) if args.input == "-" else open(args.input, encoding="utf-8")
+        dst = nullcontext(sys.stdout) if args.output == "-" else open(args.output, "w", encoding="utf-8")
+        with src as src, dst as dst:
+            counts = categorize_lines(src, dst, load(settings), ImageFetcher(settings),
+                                      settings.max_batch_size, source=Path(args.input).name)
+        log.info("categorized", **counts)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The per-event path shared by the Kafka service and the file-based ``categorize`` command:
+validate → fetch images → categorize → CategoryAssigned. No Kafka here."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import ValidationError
+
+from models.categorizer import Categorizer, Decision
+from schemas import Alternative, CategoryAssigned, ProductEvent
+from schemas.wire import AvroCodec, WireFormatError
+
+Image = tuple[np.ndarray | None, str | None]  # (prepared pixels, why not) per event
+
+
+class InvalidEvent(ValueError):
+    """An event the model must not see; ``code`` goes to the DLQ ``error`` header."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+def validate(record: dict[str, Any]) -> ProductEvent:
+    try:
+        event = ProductEvent.from_avro(record)
+    except ValidationError as exc:
+        raise InvalidEvent("schema_invalid", _short(exc)) from exc
+    if not event.has_content():
+        raise InvalidEvent("no_content", "neither title, description nor image_url")
+    return event
+
+
+def decode(codec: AvroCodec, value: bytes | None, topic: str) -> ProductEvent:
+    try:
+        record = codec.decode(value or b"", "product_event", topic)
+    except WireFormatError as exc:
+        raise InvalidEvent("undecodable", str(exc)) from exc
+    return validate(record)
+
+
+def text_of(event: ProductEvent) -> str:
+    """What the text model reads: title and description (normalization happens in the model)."""
+    return " ".join(t for t in (event.title, event.description) if t)
+
+
+def fetch_images(fetcher, categorizer: Categorizer, urls: Sequence[str | None]) -> tuple[list[Image], float]:
+    """Fetch every URL of a batch concurrently and prepare it for the model; never raises per image."""
+    start = time.perf_counter()
+    wanted = [i for i, u in enumerate(urls) if u]
+    out: list[Image] = [(None, "no_url")] * len(urls)
+    for i, res in zip(wanted, fetcher.fetch_many([urls[i] for i in wanted]) if wanted else []):
+        if res.image is None:
+            out[i] = (None, res.error or "fetch_failed")
+            continue
+        try:
+            out[i] = (categorizer.prepare_image(res.image), None)
+        except Exception as exc:  # a decodable but unusable image (e.g. odd mode) falls back to text
+            out[i] = (None, f"prepare_failed: {type(exc).__name__}")
+    return out, time.perf_counter() - start
+
+
+def result(
+    event: ProductEvent,
+    decision: Decision,
+    image_error: str | None,
+    categorizer: Categorizer,
+    *,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    replayed: bool,
+) -> CategoryAssigned:
+    return CategoryAssigned(
+        product_id=event.product_id,
+        category=decision.category,
+        kl=decision.kl,
+        alternatives=[Alternative(category=c, kl=k) for c, k in decision.alternatives],
+        abstained=decision.abstained,
+        image_used=decision.image_used,
+        image_error=None if decision.image_used else (image_error or "not_used"),
+        model_version=categorizer.model_version,
+        taxonomy_version=categorizer.taxonomy_version,
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
+        replayed=replayed,
+        processed_at=datetime.now(timezone.utc),
+    )
+
+
+def _short(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())[:500]

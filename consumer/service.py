@@ -1,0 +1,325 @@
+"""The consume loop: poll → micro-batch → decode → fetch images ‖ infer ‖ produce → commit in order.
+
+Threads: the main thread owns both Kafka clients (poll, decode, DLQ, serialize, produce, commit); a
+small pool fetches each batch's images while the previous batch is still in inference; one worker
+thread runs ``categorize`` on whole batches. Batches flow through a bounded queue
+(``pipeline_depth``); when it is full the assignment is paused and polling continues, so slow
+inference never exceeds ``max.poll.interval.ms``.
+
+At-least-once: a batch's offsets (last + 1 per partition) are committed synchronously, in batch
+order, only after every one of its results and DLQ records has a successful delivery report. A
+failed delivery stops the service without committing; the group then redelivers.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from consumer import scoring
+from consumer.batching import MicroBatcher
+from consumer.config import Settings
+from consumer.kafka_io import make_consumer, make_producer
+from consumer.logs import get_logger
+from models.categorizer import Categorizer
+from schemas import ProductEvent
+from schemas.wire import make_codec
+
+log = get_logger("shelver.service")
+_POLL_CAP_S = 0.5  # longest single consume(); bounds how late stop requests and commits are noticed
+
+
+class PipelineFailed(RuntimeError):
+    """A delivery or inference failure: stop without committing anything not yet committed."""
+
+
+@dataclass
+class Item:
+    msg: Message
+    event: ProductEvent | None = None
+    error: scoring.InvalidEvent | None = None
+    decode_s: float = 0.0
+
+
+@dataclass
+class Batch:
+    seq: int
+    items: list[Item]
+    started: float  # perf_counter when the batch was formed
+    images: Future | None = None  # -> (list[scoring.Image], fetch seconds)
+    decisions: list | None = None
+    infer_s: float = 0.0
+    error: str | None = None  # inference failure, set by the worker
+    emitted: float = 0.0  # when all its records were handed to the producer
+    pending: int = 0  # delivery reports still outstanding
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def decode_s(self) -> float:
+        return sum(i.decode_s for i in self.items)
+
+    @property
+    def good(self) -> list[Item]:
+        return [i for i in self.items if i.event is not None]
+
+    def offsets(self, exclude: frozenset = frozenset()) -> list[TopicPartition]:
+        last: dict[tuple[str, int], int] = {}
+        for it in self.items:
+            key = (it.msg.topic(), it.msg.partition())
+            last[key] = max(last.get(key, -1), it.msg.offset())
+        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) not in exclude]
+
+
+class Service:
+    def __init__(self, settings: Settings, categorizer: Categorizer, fetcher=None, *,
+                 max_events: int | None = None, idle_exit_s: float | None = None, consumer_extra=None):
+        from consumer.images import ImageFetcher  # the fetcher pulls in httpx; only the service needs it
+
+        self.s, self.model = settings, categorizer
+        self.fetcher = fetcher or ImageFetcher(settings)
+        self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
+        self.consumer = make_consumer(settings, consumer_extra)
+        self.producer = make_producer(settings)
+        self.max_events, self.idle_exit_s = max_events, idle_exit_s
+        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+        self.todo: queue.Queue[Batch | None] = queue.Queue(maxsize=settings.pipeline_depth)
+        self.done: queue.Queue[Batch] = queue.Queue()
+        self.inflight: deque[Batch] = deque()  # formed, not yet committed, in consume order
+        self.fetch_pool = ThreadPoolExecutor(settings.pipeline_depth + 1, thread_name_prefix="fetch")
+        self.worker = threading.Thread(target=self._infer_loop, name="infer", daemon=True)
+        self.stopping = threading.Event()
+        self.failure: str | None = None
+        self.paused = False
+        self.assignment_changed = False
+        self.assignment: set[tuple[str, int]] = set()
+        self.seq = 0
+        self.completed = 0  # events (results + DLQ) committed
+        self.t_start = time.perf_counter()
+        self.last_message = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask the loop to finish in-flight work, commit and return (signal-handler safe)."""
+        self.stopping.set()
+
+    # ---- main thread -------------------------------------------------------------------------
+    def run(self) -> int:
+        log.info("starting", settings=self.s.redacted(), model_version=self.model.model_version)
+        topics = [t for t in (self.s.input_topic, self.s.replay_topic) if t]
+        self.worker.start()
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        try:
+            while not self.stopping.is_set() and not self._limits_reached():
+                self._pump()
+                self._backpressure()
+                timeout = 0.05 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
+                self._accept(self.consumer.consume(self.batcher.room(), timeout))
+                while self.batcher.ready(time.monotonic()) and not self.todo.full():
+                    self._submit(self.batcher.take())
+            self._drain()
+            log.info("stopped", events=self.completed)
+            return 0
+        except BaseException as exc:
+            self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+            log.error("pipeline failed; exiting without committing", error=self.failure)
+            if isinstance(exc, PipelineFailed):
+                return 1
+            raise
+        finally:
+            self._shutdown()
+
+    def _accept(self, msgs: list[Message]) -> None:
+        """Decode and validate as messages arrive (overlapping inference); poison is kept for the DLQ."""
+        now = time.monotonic()
+        items = []
+        for msg in msgs:
+            if msg.error():
+                if msg.error().fatal():
+                    raise PipelineFailed(f"consumer error: {msg.error()}")
+                log.warning("consumer error", error=str(msg.error()))
+                continue
+            t0 = time.perf_counter()
+            item = Item(msg)
+            try:
+                item.event = scoring.decode(self.codec, msg.value(), msg.topic())
+            except scoring.InvalidEvent as exc:
+                item.error = exc
+            item.decode_s = time.perf_counter() - t0
+            items.append(item)
+        if items:
+            self.last_message = now
+            self.batcher.add(items, now)
+
+    def _submit(self, items: list[Item]) -> None:
+        """Form a batch: DLQ its poison, start its image fetch, queue it for inference (blocks if full)."""
+        batch = Batch(self.seq, items, time.perf_counter())
+        self.seq += 1
+        for it in items:
+            if it.error is not None:
+                self._produce(batch, self.s.dlq_topic, it.msg.key(), it.msg.value(), headers=[
+                    ("error", it.error.code.encode()),
+                    ("error_reason", it.error.reason.encode()),
+                    ("source_topic", it.msg.topic().encode()),
+                    ("source_partition", str(it.msg.partition()).encode()),
+                    ("source_offset", str(it.msg.offset()).encode()),
+                ])
+        good = batch.good
+        if good:
+            urls = [it.event.image_url for it in good]
+            batch.images = self.fetch_pool.submit(scoring.fetch_images, self.fetcher, self.model, urls)
+        self.inflight.append(batch)
+        if not good:
+            batch.emitted = time.perf_counter()
+            return
+        while True:
+            try:
+                self.todo.put(batch, timeout=0.05)
+                return
+            except queue.Full:
+                self._pump()
+
+    def _pump(self) -> None:
+        """Serialize and produce finished batches, serve delivery reports, commit what is complete."""
+        while True:
+            try:
+                batch = self.done.get_nowait()
+            except queue.Empty:
+                break
+            self._emit(batch)
+        self.producer.poll(0)
+        self._commit_completed()
+
+    def _emit(self, batch: Batch) -> None:
+        if batch.error:
+            raise PipelineFailed(batch.error)
+        images, _ = batch.images.result()
+        for it, decision, (_, image_error) in zip(batch.good, batch.decisions, images):
+            msg = it.msg
+            record = scoring.result(
+                it.event, decision, image_error, self.model,
+                source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
+                replayed=msg.topic() == self.s.replay_topic,
+            )
+            value = self.codec.encode(record.to_avro(), "category_assigned", self.s.output_topic)
+            self._produce(batch, self.s.output_topic, it.event.product_id.encode(), value)
+        batch.emitted = time.perf_counter()
+
+    def _produce(self, batch: Batch, topic: str, key, value, headers=None) -> None:
+        batch.pending += 1
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=partial(self._delivered, batch))
+                return
+            except BufferError:  # local queue full: serve delivery reports until there is room
+                self.producer.poll(0.1)
+
+    def _delivered(self, batch: Batch, err: KafkaError | None, msg: Message) -> None:
+        batch.pending -= 1  # delivery reports are served on the main thread (producer.poll/flush)
+        if err is not None and self.failure is None:
+            self.failure = f"delivery to {msg.topic()} failed: {err}"
+
+    def _commit_completed(self, exclude: frozenset = frozenset()) -> None:
+        if self.failure:
+            raise PipelineFailed(self.failure)
+        while self.inflight and self.inflight[0].emitted and self.inflight[0].pending == 0:
+            batch = self.inflight.popleft()
+            offsets = batch.offsets(exclude)
+            try:
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
+                log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+            self.completed += len(batch.items)
+            self._log_batch(batch)
+
+    def _log_batch(self, batch: Batch) -> None:
+        now = time.perf_counter()
+        images, fetch_s = batch.images.result() if batch.images else ([], 0.0)
+        ok = sum(1 for img, _ in images if img is not None)
+        total = now - batch.started + batch.decode_s
+        log.info(
+            "batch", seq=batch.seq, events=len(batch.good), dlq=len(batch.items) - len(batch.good),
+            images_ok=ok, images_failed=sum(1 for img, e in images if img is None and e != "no_url"),
+            decode_ms=round(batch.decode_s * 1e3, 1), fetch_ms=round(fetch_s * 1e3, 1),
+            infer_ms=round(batch.infer_s * 1e3, 1), deliver_ms=round((now - batch.emitted) * 1e3, 1),
+            total_ms=round(total * 1e3, 1), batch_eps=round(len(batch.items) / max(total, 1e-9), 1),
+            overall_eps=round(self.completed / (now - self.t_start), 1),
+        )
+
+    def _backpressure(self) -> None:
+        """Pause the assignment while the pipeline is full and a whole batch is already waiting."""
+        busy = self.todo.full() and len(self.batcher) >= self.batcher.max_size
+        if busy != self.paused or (busy and self.assignment_changed):
+            parts = self.consumer.assignment()
+            (self.consumer.pause if busy else self.consumer.resume)(parts)
+            self.paused, self.assignment_changed = busy, False
+
+    def _drain(self, exclude: frozenset = frozenset()) -> None:
+        """Finish every pending and in-flight batch, deliver, and commit (except ``exclude``)."""
+        for items in self.batcher.take_all():
+            self._submit(items)
+        while self.inflight:
+            self._pump()
+            self.producer.poll(0.05)
+            self._commit_completed(exclude)
+
+    def _limits_reached(self) -> bool:
+        if self.max_events is not None and self.completed >= self.max_events:
+            return True
+        idle = not self.inflight and not len(self.batcher)
+        return bool(self.idle_exit_s and idle and time.monotonic() - self.last_message > self.idle_exit_s)
+
+    # ---- rebalance callbacks (run inside consume() on the main thread) -------------------------
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self.assignment |= {(p.topic, p.partition) for p in partitions}
+        self.assignment_changed = True
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        log.info("revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self.failure is None:
+            self._drain()  # while we still own them: finish, deliver, commit
+        self.assignment -= {(p.topic, p.partition) for p in partitions}
+        self.assignment_changed = True
+
+    def _on_lost(self, consumer, partitions) -> None:
+        lost = frozenset((p.topic, p.partition) for p in partitions)
+        log.warning("partitions lost", partitions=sorted(f"{t}[{p}]" for t, p in lost))
+        self.batcher.drop(lambda it: (it.msg.topic(), it.msg.partition()) in lost)
+        if self.failure is None:
+            self._drain(exclude=lost)  # their offsets now belong to another member: don't commit them
+        self.assignment -= lost
+        self.assignment_changed = True
+
+    def _shutdown(self) -> None:
+        self.stopping.set()
+        try:
+            self.todo.put_nowait(None)
+        except queue.Full:
+            pass  # failed with a full queue: the daemon worker dies with the process
+        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self.producer.flush(10)
+        # Leave the group now so the partitions move at once; after a failure the revoke handler
+        # it triggers does not drain or commit.
+        self.consumer.close()
+
+    # ---- inference thread ----------------------------------------------------------------------
+    def _infer_loop(self) -> None:
+        while (batch := self.todo.get()) is not None:
+            try:
+                images, _ = batch.images.result()
+                t0 = time.perf_counter()
+                batch.decisions = self.model.categorize([scoring.text_of(i.event) for i in batch.good],
+                                                        [img for img, _ in images])
+                batch.infer_s = time.perf_counter() - t0
+                if len(batch.decisions) != len(batch.good):
+                    raise RuntimeError(f"{len(batch.decisions)} decisions for {len(batch.good)} events")
+            except Exception as exc:
+                batch.error = f"inference failed: {type(exc).__name__}: {exc}"
+            self.done.put(batch)

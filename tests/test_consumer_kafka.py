@@ -1,0 +1,258 @@
+"""The streaming service against a real broker, real HTTP image server and a real (tiny) TF model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from PIL import Image
+from tiny_categorizer import TARGETS, TinyCategorizer
+
+from consumer.config import Settings
+from consumer.replay import replay
+from consumer.sample import publish, serve_directory
+from consumer.service import Service
+from schemas import CategoryAssigned, ProductEvent
+from schemas.wire import make_codec
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyCategorizer()
+
+
+@pytest.fixture(scope="module")
+def image_base(tmp_path_factory):
+    """A real HTTP server with a few generated product photos (0.jpg .. 4.jpg)."""
+    root = tmp_path_factory.mktemp("images")
+    for i in range(5):
+        Image.new("RGB", (60, 80), (40 * i, 200 - 30 * i, 90)).save(root / f"{i}.jpg")
+    with serve_directory(root) as base:
+        yield base
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, topic_factory):
+    def make(**overrides) -> Settings:
+        base = dict(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"shelver-test-{uuid.uuid4().hex[:8]}",
+            input_topic=topic_factory(3, "in"),
+            replay_topic=topic_factory(3, "replay"),
+            output_topic=topic_factory(3, "out"),
+            dlq_topic=topic_factory(1, "dlq"),
+            image_allowed_hosts=["127.0.0.1"],
+            max_batch_size=8,
+            max_batch_wait_ms=50,
+        )
+        return Settings(**{**base, **overrides})
+
+    return make
+
+
+def make_events(n: int, base: str, prefix: str = "p") -> list[ProductEvent]:
+    now = datetime.now(timezone.utc)
+    titles = ["Red summer dress", "Leather handbag", "Cotton t-shirt", "Denim jacket"]
+    return [
+        ProductEvent(product_id=f"{prefix}{i}", title=titles[i % 4], image_url=f"{base}/{i % 5}.jpg", event_time=now)
+        for i in range(n)
+    ]
+
+
+def read_topic(s: Settings, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
+    """Every record of ``topic`` (waits for ``expected``, then ``settle`` s more to catch extras)."""
+    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out, deadline, extra_until = [], time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < (extra_until or deadline):
+            for m in c.consume(100, 0.2):
+                assert not m.error(), m.error()
+                out.append(m)
+            if extra_until is None and len(out) >= expected:
+                extra_until = time.monotonic() + settle
+    finally:
+        c.close()
+    return out
+
+
+def results(s: Settings, msgs) -> list[CategoryAssigned]:
+    codec = make_codec(s.schema_registry_url, s.schema_registry_options)
+    return [CategoryAssigned.from_avro(codec.decode(m.value(), "category_assigned", s.output_topic)) for m in msgs]
+
+
+def run_service(s: Settings, model, **kw) -> tuple[Service, threading.Thread]:
+    svc = Service(s, model, **kw)
+    t = threading.Thread(target=lambda: setattr(svc, "rc", svc.run()), daemon=True)
+    t.start()
+    return svc, t
+
+
+def consume_all(s: Settings, model, n: int, n_results: int | None = None) -> list[CategoryAssigned]:
+    """Runs the service until ``n`` events (results + DLQ) are committed; returns the results topic."""
+    svc, t = run_service(s, model, max_events=n)
+    t.join(120)
+    assert not t.is_alive() and svc.rc == 0
+    return results(s, read_topic(s, s.output_topic, n if n_results is None else n_results))
+
+
+def committed(s: Settings) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id})
+    try:
+        return {tp.partition: tp.offset for tp in c.committed([TopicPartition(s.input_topic, p) for p in range(3)], 10)}
+    finally:
+        c.close()
+
+
+def test_every_event_gets_one_result_keyed_by_product_id(settings, model, image_base):
+    s = settings()
+    events = make_events(40, image_base)
+    publish(s, events)
+    consume_all(s, model, 40)
+    msgs = read_topic(s, s.output_topic, 40)
+    assert sorted(m.key().decode() for m in msgs) == sorted(e.product_id for e in events)
+    for m, r in zip(msgs, results(s, msgs)):
+        assert m.key().decode() == r.product_id and r.category in TARGETS
+        assert r.source_topic == s.input_topic and not r.replayed and r.image_used and r.image_error is None
+        assert r.model_version == model.model_version and len(r.alternatives) == 2
+    assert len(msgs) == 40
+    assert sum(committed(s).values()) == 40  # offsets committed up to the end of every partition
+    assert read_topic(s, s.dlq_topic, 0, settle=0.5) == []
+
+
+def test_poison_goes_to_dlq_with_original_bytes_and_good_events_are_categorized(settings, model, image_base):
+    s = settings()
+    codec = make_codec(None)
+    now = datetime.now(timezone.utc)
+    poison = {
+        b"garbage": (b"\x00\x01not avro", "undecodable"),
+        b"bad-url": (codec.encode({**make_events(1, image_base)[0].to_avro(), "image_url": "file:///etc/passwd"},
+                                  "product_event", s.input_topic), "schema_invalid"),
+        b"empty": (codec.encode(ProductEvent(product_id="e", title=" ", event_time=now).to_avro(),
+                                "product_event", s.input_topic), "no_content"),
+    }
+    p = Producer({"bootstrap.servers": s.bootstrap_servers})
+    for key, (value, _) in poison.items():
+        p.produce(s.input_topic, value, key)
+    p.flush(10)
+    good = make_events(6, image_base)
+    publish(s, good)
+    out = consume_all(s, model, 9, n_results=6)
+    assert sorted(r.product_id for r in out) == sorted(e.product_id for e in good)
+    dlq = read_topic(s, s.dlq_topic, 3)
+    assert len(dlq) == 3
+    for m in dlq:
+        value, code = poison[m.key()]
+        headers = {k: v.decode() for k, v in m.headers()}
+        assert m.value() == value and headers["error"] == code and headers["error_reason"]
+        assert headers["source_topic"] == s.input_topic and int(headers["source_offset"]) >= 0
+        assert headers["source_partition"] in {"0", "1", "2"}
+
+
+def test_broken_image_falls_back_to_text_with_the_reason(settings, model, image_base):
+    s = settings()
+    now = datetime.now(timezone.utc)
+    publish(s, [
+        ProductEvent(product_id="missing", title="Blue jeans", image_url=f"{image_base}/nope.jpg", event_time=now),
+        ProductEvent(product_id="blocked", title="Blue jeans", image_url="http://10.255.255.1/x.jpg", event_time=now),
+        ProductEvent(product_id="none", title="Blue jeans", event_time=now),
+        ProductEvent(product_id="ok", title="Blue jeans", image_url=f"{image_base}/1.jpg", event_time=now),
+    ])
+    by_id = {r.product_id: r for r in consume_all(s, model, 4)}
+    assert (by_id["missing"].image_used, by_id["missing"].image_error) == (False, "http_404")
+    assert (by_id["blocked"].image_used, by_id["blocked"].image_error) == (False, "blocked_address")
+    assert (by_id["none"].image_used, by_id["none"].image_error) == (False, "no_url")
+    assert (by_id["ok"].image_used, by_id["ok"].image_error) == (True, None)
+
+
+def test_schema_registry_wire_format(settings, model, image_base):
+    s = settings(schema_registry_url=f"mock://{uuid.uuid4().hex}")
+    events = make_events(10, image_base)
+    publish(s, events)
+    out = consume_all(s, model, 10)
+    assert sorted(r.product_id for r in out) == sorted(e.product_id for e in events)
+
+
+def test_replay_rescores_with_replayed_flag(settings, model, image_base):
+    s = settings()
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    events = make_events(12, image_base)
+    publish(s, events)
+    consume_all(s, model, 12)
+    assert replay(s, s.input_topic, since, None, s.replay_topic) == 12
+    copies = read_topic(s, s.replay_topic, 12)
+    assert all(dict(m.headers())["replayed_from"].decode().startswith(f"{s.input_topic}:") for m in copies)
+    svc, t = run_service(s, model, max_events=12)  # same group: only the replayed events are new
+    t.join(120)
+    out = results(s, read_topic(s, s.output_topic, 24))
+    replayed = [r for r in out if r.replayed]
+    assert sorted(r.product_id for r in replayed) == sorted(e.product_id for e in events)
+    assert all(r.source_topic == s.replay_topic for r in replayed)
+    # A window that ends before the events copies nothing.
+    assert replay(s, s.input_topic, since - timedelta(hours=1), since, s.replay_topic) == 0
+
+
+def test_two_consumers_in_one_group_share_partitions(settings, model, image_base):
+    s = settings(max_batch_size=4)
+    a, ta = run_service(s, model)
+    b, tb = run_service(s, model)
+    deadline = time.monotonic() + 60
+    while not (a.assignment and b.assignment) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert a.assignment and b.assignment and not (a.assignment & b.assignment)
+    events = make_events(60, image_base)
+    publish(s, events)
+    out = results(s, read_topic(s, s.output_topic, 60))
+    a.stop(), b.stop()
+    ta.join(60), tb.join(60)
+    assert a.rc == b.rc == 0
+    assert a.completed > 0 and b.completed > 0 and a.completed + b.completed >= 60
+    assert {r.product_id for r in out} == {e.product_id for e in events}
+
+
+def _consumer_proc(s: Settings, *args: str, delay: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "TINY_DELAY_S": str(delay), "SHELVER_LOG_LEVEL": "WARNING"}
+    for name in ("bootstrap_servers", "group_id", "input_topic", "replay_topic", "output_topic", "dlq_topic",
+                 "max_batch_size", "max_batch_wait_ms"):
+        env[f"SHELVER_{name.upper()}"] = str(getattr(s, name))
+    env["SHELVER_IMAGE_ALLOWED_HOSTS"] = json.dumps(s.image_allowed_hosts)
+    return subprocess.Popen([sys.executable, str(TESTS / "consumer_main.py"), "consume", *args], env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopped_mid_stream_and_restarted_loses_nothing(settings, image_base, sig):
+    s = settings(max_batch_size=5)
+    events = make_events(100, image_base)
+    publish(s, events)
+    proc = _consumer_proc(s, delay=0.1)
+    try:
+        read_topic(s, s.output_topic, 10, timeout=90, settle=0)  # some, not all, results are out
+        proc.send_signal(sig)
+        rc = proc.wait(60)
+    finally:
+        proc.kill()
+    assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    first = len(read_topic(s, s.output_topic, 100, timeout=3, settle=0))
+    assert 0 < first < 100, "the signal should land mid-stream"
+    if sig == signal.SIGTERM:  # a graceful stop commits everything it delivered
+        assert sum(committed(s).values()) == first
+    restarted = _consumer_proc(s, "--idle-exit-seconds", "3")
+    assert restarted.wait(120) == 0
+    out = results(s, read_topic(s, s.output_topic, 100))
+    assert {r.product_id for r in out} == {e.product_id for e in events}
+    if sig == signal.SIGTERM:
+        assert len(out) == 100  # nothing redone after a graceful stop
