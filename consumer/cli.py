@@ -1,4 +1,4 @@
-"""``shelver``: consume, replay, produce-sample, categorize (no Kafka), train, evaluate."""
+"""``shelver``: consume, replay, produce-sample, show, categorize (no Kafka), train, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--serve-seconds", type=float, default=0.0, help="keep serving images this long")
 
+    w = sub.add_parser("show", help="print categorized products as a table (read-only)")
+    w.add_argument("--count", type=int, default=200)
+    w.add_argument("--timeout", type=float, default=120.0)
+
     k = sub.add_parser("categorize", help="JSON lines of ProductEvents in, CategoryAssigned lines out")
     k.add_argument("--input", required=True, help="file, or - for stdin")
     k.add_argument("--output", required=True, help="file, or - for stdout")
@@ -94,6 +98,14 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         n = produce_sample(settings, args.count, args.data, seed=args.seed, serve_seconds=args.serve_seconds)
         print(json.dumps({"produced": n, "topic": settings.input_topic}))
         return 0
+
+    if args.command == "show":
+        from consumer.show import format_table, read_results
+
+        rows = read_results(settings, args.count, args.timeout)
+        print(format_table(rows))
+        print(f"{len(rows)} products categorized")
+        return 0 if len(rows) >= args.count else 1
 
     if args.command == "categorize":
         from consumer.images import ImageFetcher
