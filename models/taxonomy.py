@@ -66,10 +66,10 @@ def build_projections(
     labels: Sequence[str],
     text_model: _Predicts | None,
     examples: Sequence[tuple[str, str]] | None = None,
-    alpha: float = 1e-3,
-    w_text: float = 0.2,
+    alpha: float = 1e-2,
+    w_text: float = 0.0,
     w_map: float = 0.5,
-    w_examples: float = 0.3,
+    w_examples: float = 0.5,
 ) -> np.ndarray:
     """[T, S] projections: a weighted mix, per target, of
 
@@ -80,6 +80,11 @@ def build_projections(
         how the model actually responds to that target's products).
     A missing piece (no model, no mapped class, no example) drops out and the remaining
     weights are renormalized; rows are smoothed with `models.kl.smooth` so every entry > 0.
+
+    Defaults come from 2-fold cross-validation inside the marketplace taxonomy examples
+    (training/marketplace_eval.py): (a) hurts there even at weight 0.05 (the category prose
+    spreads mass over unrelated titles' classes, which then attracts vague descriptions),
+    so it is off by default; (b) and (c) tie.
     """
     targets = taxonomy.targets
     n = len(labels)
@@ -103,6 +108,7 @@ def build_projections(
     for w, part in ((w_text, text), (w_map, mapped), (w_examples, ex)):
         present = part.sum(axis=1, keepdims=True) > 0
         q += w * np.where(present, part, 0.0)
+    q[q.sum(axis=1) == 0] = 1.0  # a target without any evidence: uniform, not undefined
     return kl.smooth(q, alpha)
 
 

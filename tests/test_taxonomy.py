@@ -32,27 +32,28 @@ class KeywordModel:
 
 
 def test_projection_rows_are_smoothed_distributions():
-    q = build_projections(TAX, LABELS, KeywordModel(), None, alpha=1e-3)
+    q = build_projections(TAX, LABELS, KeywordModel(), None, alpha=1e-3, w_text=0.2)
     assert q.shape == (4, len(LABELS))
     np.testing.assert_allclose(q.sum(axis=1), 1.0)
     assert (q > 0).all()
 
 
 def test_explicit_mapping_moves_mass_onto_mapped_classes():
-    text_only = build_projections(TAX, LABELS, KeywordModel(), None, w_map=0.0)
-    mapped = build_projections(TAX, LABELS, KeywordModel(), None, w_map=0.5)
+    text_only = build_projections(TAX, LABELS, KeywordModel(), None, w_text=0.2, w_map=0.0)
+    mapped = build_projections(TAX, LABELS, KeywordModel(), None, w_text=0.2, w_map=0.5)
     shoe = 2
     # Heels and the pooled rare shoe types (other:SHOE) gain; Flip Flops is not a label, ignored
     assert mapped[shoe, 3] > text_only[shoe, 3] and mapped[shoe, 4] > text_only[shoe, 4]
     assert mapped[shoe, :3].sum() < text_only[shoe, :3].sum()
-    mapping_only = build_projections(TAX, LABELS, None, None)
+    mapping_only = build_projections(TAX, LABELS, None, None, alpha=1e-3)
     np.testing.assert_allclose(mapping_only[1, [1, 2]].sum(), 1 - 1e-3 * 3 / 5)
+    np.testing.assert_allclose(mapping_only[3], 1 / len(LABELS))  # OTHERS: no evidence at all
 
 
 def test_examples_pull_projection_towards_their_predictions():
     examples = [("jean skinny fit", "PANT")] * 3
-    without = build_projections(TAX, LABELS, KeywordModel(), None)
-    with_ex = build_projections(TAX, LABELS, KeywordModel(), examples)
+    without = build_projections(TAX, LABELS, KeywordModel(), None, w_text=0.2)
+    with_ex = build_projections(TAX, LABELS, KeywordModel(), examples, w_text=0.2)
     assert with_ex[1, 1] > without[1, 1]  # PANT row, Jeans column
     np.testing.assert_allclose(with_ex[[0, 2, 3]], without[[0, 2, 3]])
 
