@@ -101,7 +101,7 @@ class Service:
         self.seq = 0
         self.completed = 0  # events (results + DLQ) committed
         self.t_start = time.perf_counter()
-        self.last_message = time.monotonic()
+        self.last_message: float | None = None  # idle clock; starts at the first assignment
 
     def stop(self) -> None:
         """Ask the loop to finish in-flight work, commit and return (signal-handler safe)."""
@@ -272,13 +272,15 @@ class Service:
     def _limits_reached(self) -> bool:
         if self.max_events is not None and self.completed >= self.max_events:
             return True
-        idle = not self.inflight and not len(self.batcher)
-        return bool(self.idle_exit_s and idle and time.monotonic() - self.last_message > self.idle_exit_s)
+        if not self.idle_exit_s or self.last_message is None or self.inflight or len(self.batcher):
+            return False
+        return time.monotonic() - self.last_message > self.idle_exit_s
 
     # ---- rebalance callbacks (run inside consume() on the main thread) -------------------------
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         self.assignment |= {(p.topic, p.partition) for p in partitions}
+        self.last_message = time.monotonic()  # waiting for a rebalance is not idleness
         self.assignment_changed = True
 
     def _on_revoke(self, consumer, partitions) -> None:

@@ -1,0 +1,37 @@
+"""``shelver categorize``: the service's decode → fetch → categorize path over files, without Kafka."""
+import json
+
+from PIL import Image
+from tiny_categorizer import TARGETS, TinyCategorizer
+
+from consumer.cli import main
+from consumer.sample import serve_directory
+from schemas import CategoryAssigned
+
+
+def test_categorize_file_one_line_out_per_line_in(tmp_path, monkeypatch):
+    Image.new("RGB", (60, 80), (10, 120, 200)).save(tmp_path / "shirt.jpg")
+    monkeypatch.setenv("SHELVER_IMAGE_ALLOWED_HOSTS", '["127.0.0.1"]')
+    monkeypatch.setenv("SHELVER_MAX_BATCH_SIZE", "2")  # several batches, order must survive
+    with serve_directory(tmp_path) as base:
+        t = "2024-05-01T10:00:00Z"
+        lines = [
+            json.dumps({"product_id": "a", "title": "Blue shirt", "image_url": f"{base}/shirt.jpg", "event_time": t}),
+            "this is not json",
+            json.dumps({"product_id": "b", "title": "Wool coat", "image_url": f"{base}/gone.jpg", "event_time": t}),
+            json.dumps({"product_id": "c", "title": "", "event_time": t}),  # nothing to categorize
+            json.dumps({"title": "no id", "event_time": t}),
+            json.dumps({"product_id": "d", "description": "<p>Silk scarf</p>", "event_time": t}),
+        ]
+        (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+        rc = main(["categorize", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
+                  load_categorizer=lambda settings: TinyCategorizer())
+    assert rc == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(out) == len(lines)
+    assert [o.get("error") for o in out] == [None, "undecodable", None, "no_content", "schema_invalid", None]
+    a, b, d = (CategoryAssigned.model_validate(out[i]) for i in (0, 2, 5))
+    assert [a.product_id, b.product_id, d.product_id] == ["a", "b", "d"]
+    assert a.image_used and a.category in TARGETS and a.source_offset == 0
+    assert (b.image_used, b.image_error) == (False, "http_404")
+    assert (d.image_used, d.image_error, d.source_offset) == (False, "no_url", 5)
