@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
         src = nullcontext(sys.stdin) if args.input == "-" else open(args.input, encoding="utf-8")
         dst = nullcontext(sys.stdout) if args.output == "-" else open(args.output, "w", encoding="utf-8")
-        with src as src, dst as dst:
-            counts = categorize_lines(src, dst, load(settings), ImageFetcher(settings),
-                                      settings.max_batch_size, source=Path(args.input).name)
+        with src as src, dst as dst, ImageFetcher(settings) as fetcher:
+            counts = categorize_lines(src, dst, load(settings), fetcher, settings.max_batch_size,
+                                      source=Path(args.input).name)
         log.info("categorized", **counts)
         return 0
     return 2

@@ -9,6 +9,8 @@ import structlog
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    for noisy in ("httpx", "httpcore"):  # one line per image request otherwise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

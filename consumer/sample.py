@@ -29,6 +29,8 @@ log = get_logger("shelver.sample")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the fetcher's pooled connections are reused
+
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass
 

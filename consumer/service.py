@@ -57,6 +57,7 @@ class Batch:
     infer_s: float = 0.0
     error: str | None = None  # inference failure, set by the worker
     emitted: float = 0.0  # when all its records were handed to the producer
+    delivered: float = 0.0  # when the last delivery report arrived
     pending: int = 0  # delivery reports still outstanding
     stats: dict = field(default_factory=dict)
 
@@ -68,12 +69,13 @@ class Batch:
     def good(self) -> list[Item]:
         return [i for i in self.items if i.event is not None]
 
-    def offsets(self, exclude: frozenset = frozenset()) -> list[TopicPartition]:
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset to commit once this batch is delivered: its last + 1."""
         last: dict[tuple[str, int], int] = {}
         for it in self.items:
             key = (it.msg.topic(), it.msg.partition())
-            last[key] = max(last.get(key, -1), it.msg.offset())
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) not in exclude]
+            last[key] = max(last.get(key, -1), it.msg.offset() + 1)
+        return last
 
 
 class Service:
@@ -82,6 +84,7 @@ class Service:
         from consumer.images import ImageFetcher  # the fetcher pulls in httpx; only the service needs it
 
         self.s, self.model = settings, categorizer
+        self.own_fetcher = fetcher is None
         self.fetcher = fetcher or ImageFetcher(settings)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.consumer = make_consumer(settings, consumer_extra)
@@ -118,7 +121,7 @@ class Service:
             while not self.stopping.is_set() and not self._limits_reached():
                 self._pump()
                 self._backpressure()
-                timeout = 0.05 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
+                timeout = 0.01 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
                 self._accept(self.consumer.consume(self.batcher.room(), timeout))
                 while self.batcher.ready(time.monotonic()) and not self.todo.full():
                     self._submit(self.batcher.take())
@@ -221,20 +224,26 @@ class Service:
 
     def _delivered(self, batch: Batch, err: KafkaError | None, msg: Message) -> None:
         batch.pending -= 1  # delivery reports are served on the main thread (producer.poll/flush)
+        batch.delivered = time.perf_counter()
         if err is not None and self.failure is None:
             self.failure = f"delivery to {msg.topic()} failed: {err}"
 
     def _commit_completed(self, exclude: frozenset = frozenset()) -> None:
         if self.failure:
             raise PipelineFailed(self.failure)
+        done: list[Batch] = []
         while self.inflight and self.inflight[0].emitted and self.inflight[0].pending == 0:
-            batch = self.inflight.popleft()
-            offsets = batch.offsets(exclude)
-            try:
-                if offsets:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
-                log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+            done.append(self.inflight.popleft())  # only a delivered prefix: never past a gap
+        offsets: dict[tuple[str, int], int] = {}
+        for batch in done:  # one commit for all of them; later batches hold the higher offsets
+            offsets.update(batch.next_offsets())
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) not in exclude]
+        try:
+            if parts:
+                self.consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
+            log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+        for batch in done:
             self.completed += len(batch.items)
             self._log_batch(batch)
 
@@ -247,7 +256,9 @@ class Service:
             "batch", seq=batch.seq, events=len(batch.good), dlq=len(batch.items) - len(batch.good),
             images_ok=ok, images_failed=sum(1 for img, e in images if img is None and e != "no_url"),
             decode_ms=round(batch.decode_s * 1e3, 1), fetch_ms=round(fetch_s * 1e3, 1),
-            infer_ms=round(batch.infer_s * 1e3, 1), deliver_ms=round((now - batch.emitted) * 1e3, 1),
+            infer_ms=round(batch.infer_s * 1e3, 1),
+            deliver_ms=round(max(0.0, batch.delivered - batch.emitted) * 1e3, 1),
+            commit_ms=round((now - max(batch.delivered, batch.emitted)) * 1e3, 1),
             total_ms=round(total * 1e3, 1), batch_eps=round(len(batch.items) / max(total, 1e-9), 1),
             overall_eps=round(self.completed / (now - self.t_start), 1),
         )
@@ -301,11 +312,12 @@ class Service:
 
     def _shutdown(self) -> None:
         self.stopping.set()
-        try:
-            self.todo.put_nowait(None)
-        except queue.Full:
-            pass  # failed with a full queue: the daemon worker dies with the process
+        while not self.todo.empty():  # only after a failure: abandoned, never committed
+            self.todo.get_nowait()
+        self.todo.put(None)
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+        if self.own_fetcher:
+            self.fetcher.close()
         self.producer.flush(10)
         # Leave the group now so the partitions move at once; after a failure the revoke handler
         # it triggers does not drain or commit.

@@ -258,3 +258,13 @@ def test_stopped_mid_stream_and_restarted_loses_nothing(settings, image_base, si
     assert {r.product_id for r in out} == {e.product_id for e in events}
     if sig == signal.SIGTERM:
         assert len(out) == 100  # nothing redone after a graceful stop
+
+
+def test_failed_delivery_stops_without_committing(settings, model, image_base):
+    # The output topic does not exist (the broker does not auto-create), so every delivery fails.
+    s = settings(output_topic=f"missing.{uuid.uuid4().hex[:8]}", kafka_options={"message.timeout.ms": "3000"})
+    publish(s, make_events(6, image_base))
+    svc, t = run_service(s, model, max_events=6)
+    t.join(120)
+    assert svc.rc == 1 and "delivery" in svc.failure
+    assert svc.completed == 0 and sum(committed(s).values()) == 0  # the group will redeliver all six

@@ -1,0 +1,106 @@
+"""Throughput: bare model vs. the whole service through a real broker, batched vs. one at a time.
+
+    python benchmarks/throughput.py [--batch-size 32] [--events 500] [--data DIR] [--tiny]
+
+(a) ``model``: ``categorize()`` on pre-decoded, pre-fetched inputs in batches of B;
+(b) ``end-to-end``: N sample events produced to fresh topics, the service run until N are committed
+    (images fetched over HTTP from a local server), timed from the first partition assignment;
+(c) ``end-to-end`` with ``max_batch_size=1``, the one-at-a-time loop.
+Needs a broker at SHELVER_BOOTSTRAP_SERVERS (``scripts/kafka-local start``) and the catalogue
+(SHELVER_DATA_DIR). ``--tiny`` uses the small test model instead of the trained artifact, to check
+the harness itself.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from consumer.admin import ensure_topics  # noqa: E402
+from consumer.config import Settings  # noqa: E402
+from consumer.logs import configure  # noqa: E402
+from consumer.sample import publish, sample_events, serve_directory  # noqa: E402
+from consumer.service import Service  # noqa: E402
+from training.data import data_dir, load_catalogue  # noqa: E402
+
+
+def load_model(settings: Settings, tiny: bool):
+    if tiny:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_categorizer import TinyCategorizer
+
+        return TinyCategorizer()
+    from models.artifact import load_categorizer
+
+    return load_categorizer(settings.resolved_artifact_dir())
+
+
+def bench_model(model, catalogue, n: int, batch: int) -> float:
+    rows = catalogue.sample(n, random_state=0)
+    texts = list(rows["productDisplayName"])
+    images = [model.prepare_image(Image.open(p)) for p in rows["image_path"]]
+    model.categorize(texts[:batch], images[:batch])  # warm-up: graph tracing, allocations
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        model.categorize(texts[i : i + batch], images[i : i + batch])
+    return time.perf_counter() - start
+
+
+def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int) -> float:
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(update=dict(
+        group_id=f"bench-{tag}", input_topic=f"bench.in.{tag}", replay_topic=None,
+        output_topic=f"bench.out.{tag}", dlq_topic=f"bench.dlq.{tag}", max_batch_size=batch,
+        image_allowed_hosts=[*base.image_allowed_hosts, "127.0.0.1"], log_level="WARNING",
+    ))
+    ensure_topics(s, partitions=3)
+    publish(s, sample_events(catalogue, image_url, n, seed=1))
+    svc = Service(s, model, max_events=n)
+    thread = threading.Thread(target=svc.run)
+    thread.start()
+    while not svc.assignment and thread.is_alive():
+        time.sleep(0.01)
+    start = time.perf_counter()
+    thread.join()
+    if svc.completed < n:
+        raise RuntimeError(f"service stopped after {svc.completed}/{n} events: {svc.failure}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--events", type=int, default=500)
+    p.add_argument("--single-events", type=int, help="events for the one-at-a-time run (default: --events)")
+    p.add_argument("--data", help="catalogue folder (default: SHELVER_DATA_DIR or the shared copy)")
+    p.add_argument("--tiny", action="store_true", help="use the small test model (harness check)")
+    args = p.parse_args(argv)
+
+    settings = Settings()
+    configure("WARNING")
+    root = data_dir(args.data)
+    catalogue = load_catalogue(root)
+    model = load_model(settings, args.tiny)
+    n, b = args.events, args.batch_size
+    rows = [("model only", b, n, bench_model(model, catalogue, n, b))]
+    with serve_directory(root / "images") as url:
+        rows.append(("end-to-end", b, n, bench_service(settings, model, catalogue, url, n, b)))
+        single = args.single_events or n
+        rows.append(("end-to-end", 1, single, bench_service(settings, model, catalogue, url, single, 1)))
+
+    print(f"model {model.model_version}, {settings.bootstrap_servers}")
+    print(f"{'mode':<12} {'batch':>5} {'events':>7} {'seconds':>8} {'events/s':>9}")
+    for mode, batch, count, secs in rows:
+        print(f"{mode:<12} {batch:>5} {count:>7} {secs:>8.2f} {count / secs:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
