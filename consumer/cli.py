@@ -19,7 +19,8 @@ log = get_logger("shelver.cli")
 def _load_categorizer(settings: Settings):
     from models.artifact import load_categorizer  # TensorFlow loads only for commands that need it
 
-    return load_categorizer(settings.resolved_artifact_dir())
+    return load_categorizer(settings.resolved_artifact_dir(), image_weight=settings.image_weight,
+                            abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category)
 
 
 def _timestamp(text: str) -> datetime:
