@@ -21,7 +21,7 @@ import structlog
 
 from models import kl
 from models.artifact import Artifact
-from models.image import build_image_classifier
+from models.image import IMAGE_SIZE, build_image_classifier
 from models.taxonomy import build_projections, load_taxonomy
 from training import data
 from training.image_features import extract_features
@@ -30,7 +30,7 @@ from training.train_image import train_head
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_IMAGE_SIZE = (128, 128)
+DEFAULT_IMAGE_SIZE = IMAGE_SIZE
 ARTIFACTS = data.REPO_ROOT / "models" / "artifacts"
 
 
