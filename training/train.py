@@ -2,7 +2,7 @@
 
 Steps (each with a progress bar): load the catalogue and its articleType label space; split
 it (seeded, stratified, by id); train the text model (CBOW pretraining + supervised); cache
-frozen EfficientNet-Lite0 features (+ horizontal flips) and train the image head; project
+frozen EfficientNet-Lite0 features (optionally + horizontal flips) and train the image head; project
 the taxonomy onto the source labels; tune the ensemble weight on a validation part of the
 training split; save the artifact; then run `shelver evaluate` on it (held-out split,
 original method side by side) and write the report.
@@ -71,7 +71,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--per-class", type=int, default=0, help="cap rows per class (smoke runs); 0 = all")
     ap.add_argument("--text-epochs", type=int, default=6)
     ap.add_argument("--image-epochs", type=int, default=40)
-    ap.add_argument("--no-flip", action="store_true", help="skip the horizontal-flip feature augmentation")
+    ap.add_argument("--flip", action="store_true",
+                    help="add horizontal-flip feature rows (measured: +0.1 point at 192x144, doubles extraction)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--taxonomy", type=Path, default=TAXONOMY)
     ap.add_argument("--report-dir", type=Path, default=data.REPO_ROOT / "reports")
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     paths = df["image_path"].tolist()
     features = extract_features(paths, image_size)
     x_fit, y_fit = features[fit_idx], y[fit_idx]
-    if not args.no_flip:
+    if args.flip:
         flipped = extract_features([paths[i] for i in fit_idx], image_size, flip=True)
         x_fit, y_fit = np.concatenate([x_fit, flipped]), np.concatenate([y_fit, y_fit])
     head_weights, image_hist = train_head(
