@@ -269,6 +269,7 @@ class Service:
         if busy != self.paused or (busy and self.assignment_changed):
             parts = self.consumer.assignment()
             (self.consumer.pause if busy else self.consumer.resume)(parts)
+            log.debug("paused" if busy else "resumed", partitions=len(parts))
             self.paused, self.assignment_changed = busy, False
 
     def _drain(self, exclude: frozenset = frozenset()) -> None:

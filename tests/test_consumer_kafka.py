@@ -268,3 +268,25 @@ def test_failed_delivery_stops_without_committing(settings, model, image_base):
     t.join(120)
     assert svc.rc == 1 and "delivery" in svc.failure
     assert svc.completed == 0 and sum(committed(s).values()) == 0  # the group will redeliver all six
+
+
+@pytest.mark.slow
+def test_inference_longer_than_max_poll_interval_keeps_the_member_in_the_group(settings, image_base):
+    class Slow(TinyCategorizer):
+        def categorize(self, texts, images):
+            time.sleep(6.5)  # longer than max.poll.interval.ms below
+            return super().categorize(texts, images)
+
+    # The main thread keeps polling (assignment paused) while a batch is in inference, so the member
+    # is not evicted: no lost partitions, no failed commits, no redelivered duplicates.
+    # 12 events in batches of 4 with depth 1: one batch in inference, one queued, one waiting (paused).
+    s = settings(max_batch_size=4, pipeline_depth=1, max_poll_interval_ms=6000,
+                 kafka_options={"session.timeout.ms": "6000"})
+    events = make_events(12, image_base)
+    publish(s, events)
+    svc, t = run_service(s, Slow(), max_events=12)
+    t.join(120)
+    assert svc.rc == 0 and svc.completed == 12
+    out = results(s, read_topic(s, s.output_topic, 12))
+    assert sorted(r.product_id for r in out) == sorted(e.product_id for e in events)
+    assert sum(committed(s).values()) == 12
