@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
     if argv and argv[0] in ("train", "evaluate"):
         import importlib
 
-        return importlib.import_module(f"training.{argv[0]}").main(argv[1:]) or 0
+        importlib.import_module(f"training.{argv[0]}").main(argv[1:])
+        return 0
 
     args = _parser().parse_args(argv)
     settings = Settings()
