@@ -91,6 +91,8 @@ class ArtifactCategorizer:
             lambda x: model(x, training=False),
             input_signature=[tf.TensorSpec([None, *self.image_size, 3], tf.uint8)],
         )
+        # Trace the graphs now, at start-up, so the first real batch does not pay for it.
+        self.categorize(["warm-up"], [np.zeros((*self.image_size, 3), np.uint8)])
 
     def prepare_image(self, image) -> np.ndarray:
         return prepare_image(image, self.image_size)
