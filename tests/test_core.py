@@ -1,0 +1,71 @@
+"""Pure core: text normalization, ensembling, KL selection and the original method's formula."""
+import math
+
+import numpy as np
+import pytest
+
+from models import kl
+from models.text import normalize, tokenize
+from training import baseline
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("<p>Fuzzy <b>tinsel</b> knit</p>", "fuzzy tinsel knit"),
+    ("[tab]Details+Fit[/tab] Model is 5'11", "details+fit model is 5'11"),
+    ("Ben &amp; Jerry&#39;s &#x41;BC&nbsp;tee", "ben & jerry's abc tee"),
+    ("\n\tMidi design,\r\n  V-neck \t", "midi design, v-neck"),
+    ("", ""),
+    (None, ""),
+])
+def test_normalize_strips_markup_entities_and_whitespace(raw, expected):
+    assert normalize(raw) == expected
+
+
+def test_tokenize_keeps_inner_hyphens_and_drops_punctuation():
+    assert tokenize("<h3>V-neck, Short sleeve!</h3> 100% cotton") == ["v-neck", "short", "sleeve", "100", "cotton"]
+
+
+def test_kl_matrix_matches_the_definition_and_ignores_zero_mass():
+    p = np.array([[0.5, 0.5, 0.0]])
+    q = np.array([[0.25, 0.25, 0.5], [0.5, 0.5, 0.0]])
+    expected_0 = 0.5 * math.log(0.5 / 0.25) * 2
+    got = kl.kl_matrix(p, q)
+    assert got[0, 0] == pytest.approx(expected_0)
+    assert got[0, 1] == pytest.approx(0.0, abs=1e-12)  # q is zero only where p is zero
+
+
+def test_smoothing_keeps_every_kl_finite_and_rows_normalized():
+    q = kl.smooth(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), alpha=0.01)
+    assert (q > 0).all() and np.allclose(q.sum(axis=1), 1.0)
+    assert np.isfinite(kl.kl_matrix(np.array([[0.0, 1.0, 0.0]]), q)).all()
+
+
+def test_choose_returns_argmin_with_sorted_alternatives_and_abstains_above_threshold():
+    d = np.array([[0.9, 0.1, 0.5], [2.0, 3.0, 4.0]])
+    first, second = kl.choose(d, ["A", "B", "C"], abstain_threshold=1.0, fallback="OTHERS")
+    assert (first.category, first.abstained) == ("B", False)
+    assert [c for c, _ in first.alternatives] == ["C", "A"]
+    assert (second.category, second.abstained, second.kl) == ("OTHERS", True, 2.0)
+
+
+def test_ensemble_weights_models_and_falls_back_to_text_without_image():
+    image = np.array([[1.0, 0.0], [1.0, 0.0]])
+    text = np.array([[0.0, 1.0], [0.0, 1.0]])
+    p = kl.ensemble(image, text, np.array([True, False]), image_weight=0.25)
+    assert np.allclose(p, [[0.25, 0.75], [0.0, 1.0]])
+    assert np.allclose(kl.ensemble(None, text), text)
+
+
+def test_top_k_sparsify_keeps_the_k_largest_renormalized():
+    out = kl.top_k_sparsify(np.array([[0.4, 0.3, 0.2, 0.1]]), 2)
+    assert np.allclose(out, [[4 / 7, 3 / 7, 0.0, 0.0]])
+
+
+def test_original_method_sums_top3_and_uses_its_epsilon_formula():
+    p = baseline.baseline_prediction(np.array([[0.7, 0.2, 0.1, 0.0]]), np.array([[0.0, 0.1, 0.2, 0.7]]))
+    assert np.allclose(p, [[0.35, 0.15, 0.15, 0.35]])
+    q = np.array([[0.5, 0.0, 0.0, 0.5], [0.0, 0.5, 0.5, 0.0]])
+    d = baseline.baseline_kl(p, q)
+    # zeros in q are not smoothed away: the prototype's 1e-8 makes them huge but finite
+    assert d[0, 0] > 1.0 and np.isfinite(d).all()
+    assert baseline.baseline_choose(p, q, ["X", "Y"]) == ["X"]
