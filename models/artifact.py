@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from models import kl
 from models.categorizer import Decision
-from models.image import build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
+from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
 from models.text_model import TextModel, load_text_model, save_text_model
 
 log = structlog.get_logger(__name__)
@@ -56,7 +56,8 @@ def load_artifact(directory: str | Path) -> Artifact:
     manifest = json.loads((d / "manifest.json").read_text())
     labels = manifest["label_space"]["labels"]
     image_size = tuple(manifest["image"]["size"])
-    image_model = build_image_classifier(len(labels), image_size, imagenet=False)
+    backbone = manifest["image"].get("backbone_id", DEFAULT_BACKBONE)
+    image_model = build_image_classifier(len(labels), image_size, imagenet=False, backbone=backbone)
     load_weights_float16(image_model, d / "image_model.npz")
     text_model = load_text_model(d / "text")
     if list(text_model.labels) != list(labels):

