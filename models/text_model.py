@@ -24,15 +24,19 @@ PAD = 0
 class TextEncoder:
     """Words → ids 1..V, word bigrams → V+1+crc32(bigram) % n_buckets, 0 pads.
 
-    Out-of-vocabulary words are dropped rather than hashed: a word never seen in training
-    has no learned meaning, and hashing it would land it on a bucket trained for unrelated
-    bigrams (noise). Bigrams are always hashed (fastText's trick); buckets no training
-    bigram reached keep their zero initialization and so only dilute the mean.
+    Out-of-vocabulary words are dropped as words: a word never seen in training has no
+    learned meaning. Bigrams are always hashed (fastText's trick); buckets no training
+    bigram reached keep their zero initialization and so only dilute the mean. With
+    ``char_ngrams`` = (lo, hi), every word of ≥ 4 letters also adds its hashed character
+    n-grams of "<word>" (fastText subwords, same buckets), so plurals, misspellings and
+    words seen only in marketplace text ("tringular", "skirts") share features with the
+    catalogue words they resemble.
     """
 
     vocab: dict[str, int]
     n_buckets: int = 2**16
     max_len: int = 128  # tokens of a text that are used; long HTML descriptions are cut
+    char_ngrams: tuple[int, int] | None = None
 
     @property
     def n_ids(self) -> int:
@@ -53,7 +57,20 @@ class TextEncoder:
         base = 1 + len(self.vocab)
         words = [self.vocab[w] for w in toks if w in self.vocab]
         bigrams = [base + zlib.crc32(f"{a} {b}".encode()) % self.n_buckets for a, b in zip(toks, toks[1:])]
-        return words + bigrams
+        return words + bigrams + self._subwords(toks, base)
+
+    def _subwords(self, toks: list[str], base: int) -> list[int]:
+        if not self.char_ngrams:
+            return []
+        lo, hi = self.char_ngrams
+        out = []
+        for w in toks:
+            if len(w) < 4 or w.isdigit():
+                continue
+            s = f"<{w}>"
+            out += [base + zlib.crc32(f"#{s[i : i + n]}".encode()) % self.n_buckets
+                    for n in range(lo, hi + 1) for i in range(len(s) - n + 1)]
+        return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """[N, L] int32, L = longest row in this batch (padding never changes the mean)."""
@@ -65,11 +82,13 @@ class TextEncoder:
 
     def to_json(self) -> dict:
         words = sorted(self.vocab, key=self.vocab.__getitem__)
-        return {"words": words, "n_buckets": self.n_buckets, "max_len": self.max_len}
+        return {"words": words, "n_buckets": self.n_buckets, "max_len": self.max_len, "char_ngrams": self.char_ngrams}
 
     @classmethod
     def from_json(cls, d: dict) -> "TextEncoder":
-        return cls({w: i + 1 for i, w in enumerate(d["words"])}, int(d["n_buckets"]), int(d["max_len"]))
+        ng = d.get("char_ngrams")  # absent in artifacts written before subwords: none
+        return cls({w: i + 1 for i, w in enumerate(d["words"])}, int(d["n_buckets"]), int(d["max_len"]),
+                   tuple(ng) if ng else None)
 
 
 def build_text_model(

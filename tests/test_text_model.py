@@ -24,6 +24,19 @@ def test_encoder_is_deterministic_and_hashes_bigrams():
     assert np.array_equal(ids, TextEncoder.from_json(enc.to_json()).encode(["red cotton shirt", "unknown dress"]))
 
 
+def test_char_ngrams_link_unseen_word_forms_and_survive_json():
+    enc = TextEncoder.build(["red skirt"], n_buckets=2**16, char_ngrams=(3, 5))
+    plural, other = set(enc.ids("skirts")), set(enc.ids("dress"))
+    assert plural  # an out-of-vocabulary word still gets features
+    assert len(plural & set(enc.ids("skirt"))) >= 6 and not plural & other  # shares "<sk", "ski", "kirt", ...
+    assert enc.ids("red") == [enc.vocab["red"]]  # words under 4 letters add no n-grams
+    back = TextEncoder.from_json(enc.to_json())
+    assert back == enc and back.ids("tringular skirts") == enc.ids("tringular skirts")
+    old = enc.to_json()
+    del old["char_ngrams"]  # an artifact written before subwords existed
+    assert TextEncoder.from_json(old).ids("skirts") == []
+
+
 def test_encoder_truncates_long_texts():
     enc = TextEncoder({"a": 1}, n_buckets=10, max_len=3)
     assert enc.encode(["a a a a a a"]).shape == (1, 3 + 2)

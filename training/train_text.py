@@ -71,6 +71,7 @@ def train_text_model(
     dim: int = 50,
     frozen: bool = True,
     n_buckets: int = 2**16,
+    char_ngrams: tuple[int, int] | None = None,
     lr: float = 5e-3,
     batch_size: int = 64,
     dropout: float = 0.2,
@@ -80,12 +81,13 @@ def train_text_model(
 
     The vocabulary covers the training and pretraining text, so marketplace-only words get
     rows (and pretrained vectors) too. ``frozen`` adds the pretrained vectors as a fixed
-    second channel (ignored for init="random"). The returned model's weights are already
+    second channel (ignored for init="random"). ``char_ngrams`` turns on hashed character
+    n-gram features (see `TextEncoder`). The returned model's weights are already
     rounded to float16, i.e. identical to what `save_text_model` writes.
     """
     t0 = time.time()
     keras.utils.set_random_seed(seed)
-    encoder = TextEncoder.build(list(pretrain_texts) + list(train_texts), n_buckets=n_buckets)
+    encoder = TextEncoder.build(list(pretrain_texts) + list(train_texts), n_buckets=n_buckets, char_ngrams=char_ngrams)
     vectors = pretrained_vectors(encoder, init, pretrain_texts, dim, seed, pretrain_weights=pretrain_weights)
     use_frozen = frozen and vectors is not None
     tm = TextModel.create(encoder, labels, dim=dim, frozen_dim=dim if use_frozen else 0, dropout=dropout)
