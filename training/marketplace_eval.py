@@ -24,13 +24,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score
 
 from models import kl
 from models.taxonomy import Taxonomy, build_projections, choose_categories, load_taxonomy, mapped_classes
 from models.text import normalize
 from models.text_model import TextModel
-from training import data
+from training import baseline, data
+from training.metrics import target_metrics
 from training.train_text import INITS, train_text_model
 
 DEV_LABELS = data.REPO_ROOT / "training" / "labels" / "marketplace_dev.csv"
@@ -137,20 +137,6 @@ def train_marketplace_text_model(
     return tm, hist
 
 
-def scores(pred: Sequence[str], true: Sequence[str], targets: Sequence[str]) -> dict:
-    """Accuracy, macro-F1 (over targets present in ``true``), per-class recall, confusion."""
-    pred, true = np.asarray(pred), np.asarray(true)
-    present = [t for t in targets if (true == t).any()]
-    per_class = {t: {"n": int((true == t).sum()), "recall": float((pred[true == t] == t).mean())} for t in present}
-    return {
-        "n": int(len(true)),
-        "accuracy": float((pred == true).mean()),
-        "macro_f1": float(f1_score(true, pred, labels=present, average="macro", zero_division=0)),
-        "per_class": per_class,
-        "confusion": {"labels": list(targets), "matrix": confusion_matrix(true, pred, labels=list(targets)).tolist()},
-    }
-
-
 def evaluate_text_choice(
     tm: TextModel, taxonomy: Taxonomy, dev: pd.DataFrame, examples_idx, eval_idx, threshold: float | None = None,
     **proj_kw,
@@ -163,7 +149,7 @@ def evaluate_text_choice(
     ev = ev[ev["label"] != UNLABELABLE]
     choices = choose_categories(tm.predict_proba(ev["text"].tolist()), q, taxonomy.targets, threshold,
                                 taxonomy.fallback)
-    return scores([c.category for c in choices], ev["label"].tolist(), taxonomy.targets)
+    return target_metrics([c.category for c in choices], ev["label"].tolist(), taxonomy.targets)
 
 
 def abstain_curve(tm: TextModel, taxonomy: Taxonomy, dev: pd.DataFrame, rows, q: np.ndarray) -> list[dict]:
@@ -231,12 +217,12 @@ def original_method(df: pd.DataFrame, taxonomy: Taxonomy, dev: pd.DataFrame, eva
     market = [d["description"] for d in data.load_marketplace()]
     tm, hist = train_text_model([titles[i] for i in tr], y[tr], [titles[i] for i in te], y[te], subs,
                                 market + titles, init=init, epochs=epochs, seed=seed, verbose=verbose)
-    q = kl.smooth(kl.top_k_sparsify(tm.predict_proba([normalize(t) for t in taxonomy.targets]), 3), 1e-8)
+    q = baseline.baseline_projections(tm.predict_proba(baseline.category_queries(taxonomy.targets)))
     ev = dev.iloc[eval_idx]
     ev = ev[ev["label"] != UNLABELABLE]
-    p = kl.top_k_sparsify(tm.predict_proba(ev["text"].tolist()), 3)
-    pred = [c.category for c in choose_categories(p, q, taxonomy.targets)]
-    res = scores(pred, ev["label"].tolist(), taxonomy.targets)
+    p = baseline.baseline_prediction(None, tm.predict_proba(ev["text"].tolist()))
+    pred = baseline.baseline_choose(p, q, taxonomy.targets)
+    res = target_metrics(pred, ev["label"].tolist(), taxonomy.targets)
     res["catalogue_subcategory_top1"] = float((tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean())
     res["train_seconds"] = hist["seconds"]
     return res
