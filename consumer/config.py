@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,4 +108,4 @@ class Settings(BaseSettings):
         return data
 
 
-__all__ = ["Settings", "SecretStr", "REPO_ROOT"]
+__all__ = ["Settings", "REPO_ROOT"]
