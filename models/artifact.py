@@ -25,6 +25,7 @@ import tensorflow as tf
 from models import kl
 from models.categorizer import Decision
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
+from models.text import tokenize
 from models.text_model import TextModel, load_text_model, save_text_model
 
 log = structlog.get_logger(__name__)
@@ -122,7 +123,9 @@ class ArtifactCategorizer:
 
     def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
         image_p, text_p, used = self.source_distributions(texts, images)
-        return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight), used)
+        # Text with no tokens is no evidence: such rows are scored from the image alone.
+        has_text = np.array([bool(tokenize(t)) for t in texts], dtype=bool)
+        return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight, text_used=has_text), used)
 
 
 def load_categorizer(directory: str | Path, **overrides) -> ArtifactCategorizer:

@@ -20,16 +20,34 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, s, out=np.zeros_like(x), where=s > 0)
 
 
+def image_weights(
+    image_used: np.ndarray, text_used: np.ndarray | None, image_weight: float
+) -> np.ndarray:
+    """Per-row weight of the image distribution: only the evidence an event has counts.
+
+    Both present: ``image_weight``. Image only: 1 (an empty title is not evidence; the
+    text model's output for no words is its prior, which would pull every product towards
+    the commonest classes). Text only: 0. Neither: 0, i.e. the text model's prior, the
+    only distribution left (the validator already refuses events with no content at all).
+    """
+    image_used = np.asarray(image_used, dtype=bool)
+    text_used = np.ones_like(image_used) if text_used is None else np.asarray(text_used, dtype=bool)
+    both = image_used & text_used
+    return np.where(both, float(image_weight), np.where(image_used, 1.0, 0.0))
+
+
 def ensemble(
     image_probs: np.ndarray | None,
     text_probs: np.ndarray,
     image_used: np.ndarray | None = None,
     image_weight: float = 0.5,
+    text_used: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weighted average of the two models' distributions over the source labels.
 
-    Rows whose image was not used fall back to the text distribution alone, so a
-    missing image never drags the prediction towards an arbitrary image output.
+    Each row uses only the evidence it has (`image_weights`): a missing image never drags
+    the prediction towards an arbitrary image output, and missing text (``text_used``
+    False: no tokens) never drags it towards the text model's prior.
     """
     text = normalize_rows(text_probs)
     if image_probs is None:
@@ -37,7 +55,7 @@ def ensemble(
     image = normalize_rows(image_probs)
     if image_used is None:
         image_used = np.ones(len(text), dtype=bool)
-    w = np.where(np.asarray(image_used, dtype=bool), float(image_weight), 0.0)[:, None]
+    w = image_weights(image_used, text_used, image_weight)[:, None]
     return normalize_rows(w * image + (1.0 - w) * text)
 
 

@@ -56,6 +56,22 @@ def test_ensemble_weights_models_and_falls_back_to_text_without_image():
     assert np.allclose(kl.ensemble(None, text), text)
 
 
+def test_ensemble_uses_only_the_evidence_each_row_has():
+    image = np.array([[1.0, 0.0]] * 4)
+    text = np.array([[0.0, 1.0]] * 4)
+    image_used = np.array([True, True, False, False])
+    text_used = np.array([True, False, True, False])
+    p = kl.ensemble(image, text, image_used, image_weight=0.25, text_used=text_used)
+    # both → weighted; image only → the image; text only → the text; neither → the text model's prior
+    assert np.allclose(p, [[0.25, 0.75], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+
+
+def test_image_weights_rule_and_text_assumed_present_when_unknown():
+    w = kl.image_weights(np.array([True, True, False, False]), np.array([True, False, True, False]), 0.4)
+    assert np.allclose(w, [0.4, 1.0, 0.0, 0.0])
+    assert np.allclose(kl.image_weights(np.array([True, False]), None, 0.4), [0.4, 0.0])
+
+
 def test_top_k_sparsify_keeps_the_k_largest_renormalized():
     out = kl.top_k_sparsify(np.array([[0.4, 0.3, 0.2, 0.1]]), 2)
     assert np.allclose(out, [[4 / 7, 3 / 7, 0.0, 0.0]])

@@ -1,0 +1,82 @@
+"""Accuracy of the service's categorizer on held-out catalogue products sent with an image and an empty title.
+
+Reproduces issue #6 item 7: a product without text must be categorized from its image alone,
+so its decisions should equal the image-only decisions and its accuracy the image model's.
+Runs `ArtifactCategorizer.categorize` (the service's call) on the seeded held-out split of
+`training.data` (as `shelver evaluate` uses it), images decoded by the service's
+`prepare_image`, titles replaced by ``--title`` (default empty).
+
+    python benchmarks/missing_text.py [--limit N --seed S] [--title ""]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from consumer.config import Settings
+from models.artifact import load_categorizer
+from training import data
+
+
+def heldout_rows(cat, limit: int, seed: int):
+    """(image paths, true targets) of the held-out split, optionally a seeded subsample of ``limit``."""
+    a2l = cat.artifact.manifest["label_space"]["article_to_label"]
+    index = {lab: i for i, lab in enumerate(cat.labels)}
+    df = data.load_catalogue()
+    y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
+    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
+    _, rows = data.split(df, y)
+    if limit and limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    mapping = data.article_type_targets()
+    return df["image_path"].iloc[rows].tolist(), [mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=0, help="seeded subsample of the held-out split (0: all of it)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--title", default="", help="the title every product is sent with")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+
+    started = time.time()
+    cat = load_categorizer(Settings().resolved_artifact_dir())
+    paths, truth = heldout_rows(cat, args.limit, args.seed)
+
+    def load(path):
+        with Image.open(path) as im:
+            return cat.prepare_image(im)
+
+    with_title, image_only = [], []
+    with ThreadPoolExecutor(2) as pool:
+        for i in range(0, len(paths), args.batch_size):
+            images = list(pool.map(load, paths[i : i + args.batch_size]))
+            with_title += [d.category for d in cat.categorize([args.title] * len(images), images)]
+            image_p, _, used = cat.source_distributions([""] * len(images), images)
+            image_only += [d.category for d in cat.decide(image_p, used)]
+
+    def acc(pred, cls=None):
+        rows = [i for i, t in enumerate(truth) if cls is None or t == cls]
+        return round(100.0 * sum(pred[i] == truth[i] for i in rows) / max(1, len(rows)), 1)
+
+    classes = sorted(Counter(truth))
+    print(json.dumps({
+        "artifact": cat.model_version, "rows": len(truth), "title": args.title,
+        "subsample": {"limit": args.limit, "seed": args.seed} if args.limit else None,
+        "accuracy_with_title": acc(with_title), "accuracy_image_only": acc(image_only),
+        "decisions_equal_image_only": sum(a == b for a, b in zip(with_title, image_only)),
+        "per_class_with_title": {c: acc(with_title, c) for c in classes},
+        "per_class_image_only": {c: acc(image_only, c) for c in classes},
+        "seconds": round(time.time() - started, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The committed models on held-out catalogue products sent with an image and no usable text.
+
+Issue #6 item 7: an empty title used to be scored as evidence (the text model's prior for no
+words, mixed in at the text weight). Such products must be decided from the image alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consumer.config import Settings
+from models import kl
+from models.artifact import load_categorizer
+from training import data
+
+N = 240
+NO_TEXT = ["", "   ", "<p></p>", "&nbsp;", "[tab][/tab]", "\n\t"]  # all normalize to no tokens
+
+
+@pytest.fixture(scope="module")
+def categorizer():
+    return load_categorizer(Settings().resolved_artifact_dir())
+
+
+@pytest.fixture(scope="module")
+def heldout(categorizer):
+    """A seeded sample of the held-out split (never trained on): prepared pixels and true categories."""
+    cat = categorizer
+    a2l = cat.artifact.manifest["label_space"]["article_to_label"]
+    index = {lab: i for i, lab in enumerate(cat.labels)}
+    df = data.load_catalogue()
+    y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
+    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
+    _, rows = data.split(df, y)
+    rows = np.sort(np.random.default_rng(0).choice(rows, N, replace=False))
+    mapping = data.article_type_targets()
+    images = []
+    for path in df["image_path"].iloc[rows]:
+        with Image.open(path) as im:
+            images.append(cat.prepare_image(im))
+    return images, [mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]]
+
+
+@pytest.mark.slow
+def test_products_without_text_are_decided_by_the_image_alone(categorizer, heldout):
+    images, truth = heldout
+    texts = [NO_TEXT[i % len(NO_TEXT)] for i in range(len(images))]
+    decided = categorizer.categorize(texts, images)
+    image_p, _, used = categorizer.source_distributions(texts, images)
+    image_only = categorizer.decide(image_p, used)
+
+    assert [d.category for d in decided] == [d.category for d in image_only]
+    assert [d.kl for d in decided] == pytest.approx([d.kl for d in image_only])
+    assert all(d.image_used for d in decided)
+    accuracy = np.mean([d.category == t for d, t in zip(decided, truth)])
+    assert accuracy == np.mean([d.category == t for d, t in zip(image_only, truth)])
+    assert accuracy > 0.9  # the image model is good on its own: this is real evidence, not a prior
+
+
+@pytest.mark.slow
+def test_products_with_text_still_use_both_models(categorizer, heldout):
+    images, _ = heldout
+    images = images[:32]
+    texts = ["Women Blue Denim Jacket"] * len(images)
+    decided = categorizer.categorize(texts, images)
+    image_p, text_p, used = categorizer.source_distributions(texts, images)
+    both = categorizer.decide(kl.ensemble(image_p, text_p, used, categorizer.image_weight), used)
+    assert [d.kl for d in decided] == pytest.approx([d.kl for d in both])
