@@ -2,13 +2,63 @@
 
 Idempotent so that it can run on every deploy or test start: existing topics are left as they are.
 ``python -m consumer.admin`` creates them for the configured ``Settings`` (env ``SHELVER_*``).
+
+`check_startup` is what ``shelver consume`` runs before loading its models: a broker that cannot be
+reached or a topic that does not exist ends the start with one clear line instead of a consumer
+that waits forever for partitions that never come.
 """
 from __future__ import annotations
+
+import logging
+import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings, mask_url
+
+
+class StartupError(RuntimeError):
+    """The environment is not ready (broker unreachable, topics missing); ``str()`` is one line."""
+
+
+def check_startup(settings: Settings, timeout_s: float | None = None) -> dict[str, int]:
+    """Wait up to ``timeout_s`` for the broker's metadata; every Shelver topic must exist.
+
+    Returns each topic's partition count. librdkafka's own connection errors are collected (not
+    printed line by line) and the last one is quoted in the `StartupError`.
+    """
+    timeout_s = settings.startup_timeout_s if timeout_s is None else timeout_s
+    errors: list[KafkaError] = []
+    quiet = logging.getLogger("shelver.startup.librdkafka")
+    quiet.setLevel(logging.CRITICAL)  # reported once, below, instead of one line per retry
+    conf = {**settings.kafka_common(), "error_cb": errors.append, "logger": quiet}
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # an unknown or invalid librdkafka option in SHELVER_KAFKA_OPTIONS
+        raise ConfigError(f"SHELVER_KAFKA_OPTIONS: {exc.args[0].str()}") from None
+    where = mask_url(settings.bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        admin.poll(0)  # serves error_cb: librdkafka's reason (refused, DNS, TLS, SASL) beats "transport failure"
+        specific = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN] or errors
+        why = specific[-1].str() if specific else exc.args[0].str()
+        raise StartupError(f"Kafka at {where} not reachable within {timeout_s:g} s "
+                           f"(SHELVER_STARTUP_TIMEOUT_S): {why}") from None
+    wanted = shelver_topics(settings)
+    missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
+    while missing and time.monotonic() < deadline:  # just created by a deploy step: metadata catches up
+        time.sleep(0.5)
+        metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
+    if missing:
+        raise StartupError(
+            f"topic(s) missing on {where}: {', '.join(missing)} (create them with `python -m consumer.admin` "
+            "or scripts/kafka-local create-topics; SHELVER_REPLAY_TOPIC= empty disables the replay topic)"
+        )
+    return {t: len(metadata.topics[t].partitions) for t in wanted}
 
 
 def shelver_topics(settings: Settings) -> list[str]:

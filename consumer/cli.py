@@ -10,10 +10,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings, load_settings, unknown_env_vars
 from consumer.logs import configure, get_logger
 
 log = get_logger("shelver.cli")
+
+
+def _fail(message: str, code: int) -> int:
+    """One plain line on stderr (logging may not be configured yet: the log level itself can be the problem)."""
+    print(f"shelver: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 def _load_categorizer(settings: Settings):
@@ -72,11 +78,27 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         return 0
 
     args = _parser().parse_args(argv)
-    settings = Settings()
-    configure(settings.log_level)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    configure(settings.log_level, secrets=settings.secret_values())
+    unknown = unknown_env_vars()
+    if unknown:  # not an error: scripts use the prefix too; but a typo should not pass unnoticed
+        log.warning("unknown SHELVER_ environment variables ignored", variables=unknown)
     load = load_categorizer or _load_categorizer
 
     if args.command == "consume":
+        # Everything that can be checked cheaply is checked before TensorFlow loads (seconds).
+        from consumer.admin import StartupError, check_startup
+
+        try:
+            settings.resolved_artifact_dir()
+            check_startup(settings)
+        except (ConfigError, FileNotFoundError) as exc:
+            return _fail(f"configuration error: {exc}", 2)
+        except StartupError as exc:
+            return _fail(f"start-up check failed: {exc}", 1)
         from consumer.service import Service
 
         service = Service(settings, load(settings), max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)

@@ -1,55 +1,142 @@
-"""All configuration in one pydantic-settings object.
+"""All configuration in one pydantic-settings object, strict so that mistakes fail at start-up.
 
-Environment variables use the ``SHELVER_`` prefix (nested with ``__``, e.g.
-``SHELVER_KAFKA__SECURITY_PROTOCOL``); an optional YAML/JSON file named by
-``SHELVER_CONFIG_FILE`` supplies defaults that the environment overrides.
-librdkafka options are passed through under their own names via ``kafka_options``
-(``SHELVER_KAFKA_OPTIONS='{"security.protocol": "SASL_SSL", ...}'``).
+Environment variables use the ``SHELVER_`` prefix (``SHELVER_PIPELINE_DEPTH=4``; dicts and lists
+as JSON, e.g. ``SHELVER_KAFKA_OPTIONS='{"security.protocol": "SASL_SSL", ...}'``); an optional
+YAML/JSON file named by ``SHELVER_CONFIG_FILE`` supplies values that the environment overrides.
+librdkafka options are passed through under their own names via ``kafka_options``.
+
+Strictness (issue #6): every value is range- or enum-checked, an unknown key in the config file
+is an error, and `load_settings` turns every problem into one `ConfigError` line, so the CLI can
+print it and exit 2 before TensorFlow is imported or a broker is contacted. Unknown ``SHELVER_*``
+environment variables are *not* errors (scripts and tests use the prefix for their own variables,
+see `NON_SETTING_ENV`); `unknown_env_vars` lists them so the CLI can warn, with a close match.
+
+Secrets (credentials in ``kafka_options``/``schema_registry_options``, user info in URLs) are
+masked by `Settings.redacted`, and `Settings.secret_values` feeds the log scrubber
+(`consumer.logs`), so no log line or error message carries them.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARTIFACTS = REPO_ROOT / "models" / "artifacts"
 
-_SECRET_KEYS = ("password", "secret", "token", "key.pem", "keystore", "sasl.oauthbearer.config")
+ENV_PREFIX = "SHELVER_"
+# SHELVER_* variables that are not settings: read by the CLI, scripts, training code and tests.
+NON_SETTING_ENV = ("SHELVER_CONFIG_FILE", "SHELVER_DATA_DIR", "SHELVER_MARKETPLACE_DIR")
+NON_SETTING_ENV_PREFIXES = ("SHELVER_DEMO_", "SHELVER_TEST_", "SHELVER_BENCH_")
+
+# Option names (librdkafka, Schema Registry client) whose values are credentials. Matched as substrings.
+_SECRET_KEYS = (
+    "password", "secret", "token", "user.info", "userinfo", "credential", "key.pem", "private",
+    "keystore", "sasl.oauthbearer.config", "sasl.jaas.config", "api.key",
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>[^/@\s,]+)@")
+MASK = "***"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# librdkafka's accepted values (it treats smallest/beginning as earliest and largest/end as latest).
+OffsetReset = Literal["earliest", "latest", "error", "smallest", "largest", "beginning", "end"]
+
+
+class ConfigError(ValueError):
+    """Bad configuration; ``str()`` is one line fit for stderr (no secret in it)."""
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(s in k for s in _SECRET_KEYS)
+
+
+def mask_url(text: str | None) -> str | None:
+    """``scheme://user:pass@host`` → ``scheme://***@host`` for every address in ``text`` (comma lists too)."""
+    if not text:
+        return text
+    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{MASK}@", text)
+
+
+def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Secret-named options masked; URLs in the others lose their user info."""
+    return {
+        k: MASK if is_secret_key(k) else (mask_url(v) if isinstance(v, str) else v) for k, v in options.items()
+    }
+
+
+def _config_file() -> Path | None:
+    path = os.environ.get("SHELVER_CONFIG_FILE")
+    return Path(path) if path else None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"SHELVER_CONFIG_FILE={path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            where = f"{exc.msg}, line {exc.lineno}"
+        else:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{getattr(exc, 'problem', None) or 'parse error'}" + (f", line {mark.line + 1}" if mark else "")
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ConfigError(f"config file {path}: not valid {kind} ({where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of setting names to values")
+    return data
 
 
 class _FileSource(PydanticBaseSettingsSource):
-    """Reads the optional config file (YAML or JSON) named by SHELVER_CONFIG_FILE."""
+    """Reads the optional config file (YAML or JSON) named by SHELVER_CONFIG_FILE; unknown keys are errors."""
 
     def get_field_value(self, field, field_name):  # pragma: no cover - unused by pydantic here
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("SHELVER_CONFIG_FILE")
-        if not path:
+        path = _config_file()
+        if path is None:
             return {}
-        text = Path(path).read_text()
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-        return data or {}
+        data = _read_config_file(path)
+        known = set(self.settings_cls.model_fields)
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) " + ", ".join(
+                _with_suggestion(str(k), known) for k in unknown))
+        return data
+
+
+def _with_suggestion(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name.lower(), sorted(known), n=1, cutoff=0.75)
+    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHELVER_", env_nested_delimiter="__", extra="ignore")
+    # extra="forbid": unknown keyword arguments and config-file keys are errors (env vars are looked up per field).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     # Kafka
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "shelver"
-    input_topic: str = "products.new"
-    replay_topic: str | None = "products.replay"
-    output_topic: str = "products.categorized"
-    dlq_topic: str = "products.dlq"
-    auto_offset_reset: str = "earliest"
-    max_poll_interval_ms: int = 300_000
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    group_id: str = Field("shelver", min_length=1)
+    input_topic: str = Field("products.new", min_length=1)
+    replay_topic: str | None = "products.replay"  # empty or null: no replay subscription
+    output_topic: str = Field("products.categorized", min_length=1)
+    dlq_topic: str = Field("products.dlq", min_length=1)
+    auto_offset_reset: OffsetReset = "earliest"
+    max_poll_interval_ms: int = Field(300_000, ge=1)
     kafka_options: dict[str, str] = Field(
         default_factory=dict, description="librdkafka options passed through unchanged (security.protocol, sasl.*, ssl.*)"
     )
@@ -59,16 +146,16 @@ class Settings(BaseSettings):
     schema_registry_options: dict[str, str] = Field(default_factory=dict)
 
     # Micro-batching
-    max_batch_size: int = 32
-    max_batch_wait_ms: int = 200
-    pipeline_depth: int = 2
+    max_batch_size: int = Field(32, ge=1)
+    max_batch_wait_ms: int = Field(200, ge=0)
+    pipeline_depth: int = Field(2, ge=1)  # 0 would make the inference queue unbounded
 
     # Images
-    image_fetch_concurrency: int = 16
-    image_connect_timeout_s: float = 2.0
-    image_read_timeout_s: float = 5.0
-    image_max_bytes: int = 10 * 1024 * 1024
-    image_max_pixels: int = 40_000_000
+    image_fetch_concurrency: int = Field(16, ge=1)
+    image_connect_timeout_s: float = Field(2.0, gt=0)
+    image_read_timeout_s: float = Field(5.0, gt=0)
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    image_max_pixels: int = Field(40_000_000, ge=1)
     image_allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts, IPs or CIDRs that may be fetched even if private/loopback (SSRF allow-list)",
@@ -76,11 +163,43 @@ class Settings(BaseSettings):
 
     # Models and the KL choice
     artifact_dir: Path | None = None  # default: newest folder under models/artifacts
-    image_weight: float | None = None  # default: the artifact's tuned weight
-    abstain_threshold: float | None = None  # default: the artifact's tuned threshold
-    fallback_category: str = "OTHERS"
+    image_weight: float | None = Field(None, ge=0, le=1)  # default: the artifact's tuned weight
+    abstain_threshold: float | None = Field(None, ge=0)  # default: the artifact's tuned threshold
+    fallback_category: str = Field("OTHERS", min_length=1)
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    # Start-up checks (hard-config): how long `shelver consume` waits for the broker and its topics.
+    startup_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("auto_offset_reset", mode="before")
+    @classmethod
+    def _lower_reset(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("kafka_options", "schema_registry_options", mode="before")
+    @classmethod
+    def _options_as_strings(cls, v):
+        """librdkafka takes every value as a string; accept JSON numbers and booleans for convenience."""
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
+                    for k, x in v.items()}
+        return v
+
+    @field_validator("artifact_dir")
+    @classmethod
+    def _artifact_exists(cls, v: Path | None):
+        if v is not None:
+            if not v.is_dir():
+                raise ValueError(f"folder {v} does not exist")
+            if not (v / "manifest.json").is_file():
+                raise ValueError(f"{v} has no manifest.json (not a trained artifact folder)")
+        return v
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -99,13 +218,115 @@ class Settings(BaseSettings):
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_options}
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict safe to log: secrets and secret-looking librdkafka options masked."""
+        """Settings as a dict safe to log: secret options masked, user info removed from URLs."""
         data = self.model_dump(mode="json")
         for section in ("kafka_options", "schema_registry_options"):
-            data[section] = {
-                k: ("***" if any(s in k for s in _SECRET_KEYS) else v) for k, v in data[section].items()
-            }
+            data[section] = mask_options(data[section])
+        for key in ("schema_registry_url", "bootstrap_servers"):
+            data[key] = mask_url(data[key])
         return data
 
+    def secret_values(self) -> list[str]:
+        """Every credential string in these settings (for the log scrubber), longest first."""
+        found: set[str] = set()
+        for options in (self.kafka_options, self.schema_registry_options):
+            for k, v in options.items():
+                if is_secret_key(k) and v:
+                    found.add(v)
+                    if "user.info" in k.lower() and ":" in v:  # user:password → the password alone too
+                        found.add(v.split(":", 1)[1])
+                if isinstance(v, str):
+                    found.update(_userinfo_secrets(v))
+        for text in (self.schema_registry_url, self.bootstrap_servers):
+            found.update(_userinfo_secrets(text or ""))
+        return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
-__all__ = ["Settings", "REPO_ROOT"]
+
+def _userinfo_secrets(text: str) -> set[str]:
+    out = set()
+    for m in _URL_USERINFO.finditer(text):
+        info = m.group("userinfo")
+        out.add(info)
+        if ":" in info:
+            out.add(info.split(":", 1)[1])
+    return out
+
+
+def _origin(field: str) -> str:
+    """Where a field's value came from, for the error line: its env var, else the config file key."""
+    env = ENV_PREFIX + field.upper()
+    if any(k.upper() == env for k in os.environ):
+        return env
+    path = _config_file()
+    return f"{field} (in {path})" if path else field
+
+
+_NO_ECHO = ("artifact_dir", "kafka_options", "schema_registry_options", "schema_registry_url", "bootstrap_servers")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad setting, where it came from and why (values echoed only when not secret-bearing)."""
+    parts = []
+    for e in exc.errors():
+        field = str(e["loc"][0]) if e["loc"] else "settings"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {_with_suggestion(field, set(Settings.model_fields))}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        sub = ".".join(map(str, e["loc"][1:]))
+        where = _origin(field) + (f"[{sub}]" if sub else "")
+        value = e.get("input")
+        echo = field not in _NO_ECHO and isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        parts.append(f"{where}: {msg}" + (f" (got {value!r})" if echo else ""))
+    return "; ".join(parts)
+
+
+def _json_env_problems() -> list[str]:
+    """Malformed JSON in the dict/list env vars, described without echoing the (possibly secret) value."""
+    problems = []
+    upper = {k.upper(): v for k, v in os.environ.items()}
+    for field in ("kafka_options", "schema_registry_options", "image_allowed_hosts"):
+        raw = upper.get(ENV_PREFIX + field.upper())
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{ENV_PREFIX}{field.upper()} is not valid JSON ({exc.msg} at character {exc.pos})")
+            continue
+        want = list if field == "image_allowed_hosts" else dict
+        if not isinstance(value, want):
+            problems.append(f"{ENV_PREFIX}{field.upper()} must be a JSON {'array' if want is list else 'object'}")
+    return problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`Settings` from the environment and config file, or a `ConfigError` with one line saying what is wrong."""
+    problems = _json_env_problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:  # a value pydantic-settings could not parse at all
+        raise ConfigError(str(exc)) from None
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``SHELVER_*`` variables that are neither settings nor known script/test variables (likely typos)."""
+    environ = os.environ if environ is None else environ
+    fields = {ENV_PREFIX + f.upper() for f in Settings.model_fields}
+    out = []
+    for name in environ:
+        up = name.upper()
+        if not up.startswith(ENV_PREFIX) or up.split("__")[0] in fields or up in NON_SETTING_ENV:
+            continue
+        if up.startswith(NON_SETTING_ENV_PREFIXES):
+            continue
+        close = difflib.get_close_matches(up, sorted(fields), n=1, cutoff=0.8)
+        out.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return sorted(out)
+
+
+__all__ = ["Settings", "REPO_ROOT", "ConfigError", "load_settings", "unknown_env_vars", "mask_url", "mask_options"]

@@ -1,14 +1,56 @@
-"""structlog configured for one JSON object per line on stderr (what log shippers expect)."""
+"""structlog configured for one JSON object per line on stderr (what log shippers expect).
+
+Every line, structlog's and the standard library's (httpx, librdkafka via confluent-kafka), passes
+a scrubber that replaces the configured secret values (`Settings.secret_values`) with ``***``: a
+second line of defence behind `Settings.redacted`, for error texts that quote a URL or an option.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Iterable
 
 import structlog
 
+_MASK = "***"
 
-def configure(level: str = "INFO") -> None:
+
+class Scrubber:
+    """Replaces known secret strings (raw and JSON-escaped) in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        found = {s for s in secrets if s}
+        found |= {json.dumps(s)[1:-1] for s in found}  # as it appears inside a rendered JSON string
+        self.secrets = sorted(found, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, _MASK)
+        return text
+
+
+class _ScrubFilter(logging.Filter):
+    def __init__(self, scrub: Scrubber):
+        super().__init__()
+        self.scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    scrub = Scrubber(secrets)
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _ScrubFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_ScrubFilter(scrub))
     for noisy in ("httpx", "httpcore"):  # one line per image request otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
@@ -18,6 +60,7 @@ def configure(level: str = "INFO") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
+            lambda _logger, _name, line: scrub(line),  # never log a secret, whatever the message quotes
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
