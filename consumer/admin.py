@@ -10,12 +10,13 @@ that waits forever for partitions that never come.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.config import ConfigError, Settings, mask_url
+from consumer.config import ConfigError, Settings, load_settings, mask_url
 
 
 class StartupError(RuntimeError):
@@ -87,7 +88,11 @@ def ensure_topics(
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"shelver: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     ensure_topics(settings)
     print(f"topics ready on {settings.bootstrap_servers}: {', '.join(shelver_topics(settings))}")
 
