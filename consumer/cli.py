@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from consumer.config import ConfigError, Settings, load_settings, unknown_env_vars
-from consumer.logs import configure, get_logger
+from consumer.logs import Scrubber, configure, get_logger
 
 log = get_logger("shelver.cli")
 
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             check_startup(settings)
         except (ConfigError, FileNotFoundError) as exc:
             return _fail(f"configuration error: {exc}", 2)
-        except StartupError as exc:
-            return _fail(f"start-up check failed: {exc}", 1)
+        except StartupError as exc:  # librdkafka's text is quoted: scrub it like a log line
+            return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
         from consumer.service import Service
 
         service = Service(settings, load(settings), max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)
