@@ -45,10 +45,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--bootstrap")
     ap.add_argument("--existing-topic")
+    ap.add_argument("--only", help="run only the cases whose name contains this")
     args = ap.parse_args()
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHELVER_")}
     with tempfile.TemporaryDirectory() as tmp:
         for name, env in cases(args, Path(tmp)).items():
+            if args.only and args.only not in name:
+                continue
             env = dict(env)
             if not env.pop("_reachable", None):  # misconfigurations: no broker, so a late failure hangs visibly
                 env.setdefault("SHELVER_BOOTSTRAP_SERVERS", UNREACHABLE)
