@@ -101,7 +101,13 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
         from consumer.service import Service
 
-        service = Service(settings, load(settings), max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)
+        try:
+            model = load(settings)
+        except Exception as exc:  # a damaged artifact: one JSON log line (traceback inside), not a bare traceback
+            log.error("models could not be loaded", artifact=str(settings.resolved_artifact_dir()),
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return 1
+        service = Service(settings, model, max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: service.stop())
         return service.run()
