@@ -123,3 +123,20 @@ def test_no_secret_appears_in_the_real_log_output(kafka_bootstrap, topic_factory
     assert starting[0]["settings"]["kafka_options"]["sasl.password"] == "***"
     for secret in secrets:
         assert secret not in proc.stderr + proc.stdout
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_damaged_artifact_ends_with_one_log_line_and_exit_1(kafka_bootstrap, topic_factory, tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")  # passes the cheap check, fails while loading
+    env = {
+        "SHELVER_BOOTSTRAP_SERVERS": kafka_bootstrap, "SHELVER_ARTIFACT_DIR": str(tmp_path),
+        "SHELVER_INPUT_TOPIC": topic_factory(1, "in"), "SHELVER_REPLAY_TOPIC": "",
+        "SHELVER_OUTPUT_TOPIC": topic_factory(1, "out"), "SHELVER_DLQ_TOPIC": topic_factory(1, "dlq"),
+    }
+    proc = consume(env)
+    assert proc.returncode == 1
+    errors = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in errors if e["level"] == "error"] == ["models could not be loaded"]
+    assert "KeyError" in errors[-1]["error"]
+    assert "Traceback" not in "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("{"))
