@@ -4,7 +4,7 @@
 
 Runs the code found on PYTHONPATH (so the same script measures an old checkout). A run still going
 after ``--timeout`` seconds is killed and reported as a hang. With ``--bootstrap`` (a live broker)
-and ``--existing-topic``, also measures a missing DLQ topic.
+and ``--existing-topic``, also measures a missing input topic.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def cases(args, tmp: Path) -> dict[str, dict[str, str]]:
         "unreachable broker (default start-up timeout)": {"SHELVER_BOOTSTRAP_SERVERS": UNREACHABLE, "_reachable": "1"},
     }
     if args.bootstrap:
-        out["missing DLQ topic"] = {"SHELVER_BOOTSTRAP_SERVERS": args.bootstrap, "SHELVER_INPUT_TOPIC": args.existing_topic,
-                                    "SHELVER_OUTPUT_TOPIC": args.existing_topic, "SHELVER_REPLAY_TOPIC": "",
-                                    "SHELVER_DLQ_TOPIC": "absent.topic", "_reachable": "1"}
+        out["missing input topic"] = {"SHELVER_BOOTSTRAP_SERVERS": args.bootstrap, "SHELVER_INPUT_TOPIC": "absent.topic",
+                                      "SHELVER_OUTPUT_TOPIC": args.existing_topic, "SHELVER_REPLAY_TOPIC": "",
+                                      "SHELVER_DLQ_TOPIC": args.existing_topic, "_reachable": "1"}
     return out
 
 
