@@ -52,7 +52,10 @@ def check_startup(settings: Settings, timeout_s: float | None = None) -> dict[st
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     while missing and time.monotonic() < deadline:  # just created by a deploy step: metadata catches up
         time.sleep(0.5)
-        metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException:  # the broker went away meanwhile: report the topics as they were last seen
+            break
         missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:
         raise StartupError(
