@@ -26,7 +26,8 @@ def _load_categorizer(settings: Settings):
     from models.artifact import load_categorizer  # TensorFlow loads only for commands that need it
 
     return load_categorizer(settings.resolved_artifact_dir(), image_weight=settings.image_weight,
-                            abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category)
+                            abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category,
+                            engine=settings.inference_engine)
 
 
 def _timestamp(text: str) -> datetime:

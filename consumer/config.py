@@ -167,6 +167,10 @@ class Settings(BaseSettings):
     abstain_threshold: float | None = Field(None, ge=0)  # default: the artifact's tuned threshold
     fallback_category: str = Field("OTHERS", min_length=1)
 
+    # Performance (perf): where the models run. auto = LiteRT + XNNPACK when TensorFlow sees no GPU,
+    # the TensorFlow graph when it does; see models/engine.py.
+    inference_engine: Literal["auto", "tensorflow", "litert"] = "auto"
+
     log_level: LogLevel = "INFO"
 
     # Start-up checks (hard-config): how long `shelver consume` waits for the broker and its topics.

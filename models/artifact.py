@@ -13,6 +13,7 @@ Nothing here needs the training data.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import structlog
 import tensorflow as tf
 
+from models import engine as engine_mod
 from models import kl
 from models.categorizer import Decision
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
@@ -40,6 +42,7 @@ class Artifact:
     text_model: TextModel
     projections: np.ndarray  # [T, S], smoothed
     targets: tuple[str, ...]
+    source: Path | None = None  # the folder it was loaded from (keys the LiteRT conversion cache)
 
     def save(self, directory: str | Path, taxonomy_file: str | Path) -> Path:
         d = Path(directory)
@@ -65,7 +68,7 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise ValueError(f"{d}: text model labels differ from the manifest's label space")
     with np.load(d / "projections.npz") as z:
         q, targets = z["q"].astype(np.float64), tuple(str(t) for t in z["targets"])
-    return Artifact(manifest, image_model, text_model, q, targets)
+    return Artifact(manifest, image_model, text_model, q, targets, source=d)
 
 
 class ArtifactCategorizer:
@@ -77,6 +80,7 @@ class ArtifactCategorizer:
         image_weight: float | None = None,
         abstain_threshold: float | None = None,
         fallback: str | None = None,
+        engine: str | None = None,
     ):
         ens = artifact.manifest.get("ensemble", {})
         self.artifact = artifact
@@ -87,14 +91,21 @@ class ArtifactCategorizer:
         self.image_weight = ens.get("image_weight", 0.5) if image_weight is None else image_weight
         self.abstain_threshold = ens.get("abstain_threshold") if abstain_threshold is None else abstain_threshold
         self.fallback = fallback or ens.get("fallback", "OTHERS")
-        model = artifact.image_model
-        # One traced graph for every batch size: no retracing per batch, runs on the GPU when present.
-        self._image_fn = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, *self.image_size, 3], tf.uint8)],
-        )
+        # Inference engine (models.engine): LiteRT + XNNPACK on CPU, the TensorFlow graph on a GPU.
+        self.engine = engine_mod.resolve_engine(
+            engine or os.environ.get(engine_mod.ENGINE_ENV), bool(tf.config.list_physical_devices("GPU")))
+        self._image_fn = self._runner(artifact.image_model, tf.TensorSpec([None, *self.image_size, 3], tf.uint8),
+                                      "image", ["image_model.npz"])
+        self._text_fn = self._runner(artifact.text_model.model, tf.TensorSpec([None, None], tf.int32), "text", ["text"])
         # Trace the graphs now, at start-up, so the first real batch does not pay for it.
         self.categorize(["warm-up"], [np.zeros((*self.image_size, 3), np.uint8)])
+
+    def _runner(self, model, spec, name: str, files: list[str]):
+        src = self.artifact.source
+        key = name
+        if src is not None:
+            key = f"{name}-" + engine_mod.content_key([src / f for f in files], tf.__version__, ai_edge_litert_version())
+        return engine_mod.make_runner(self.engine, model, spec, key, engine_mod.DEFAULT_CACHE if src else None)
 
     def prepare_image(self, image) -> np.ndarray:
         return prepare_image(image, self.image_size)
@@ -103,13 +114,14 @@ class ArtifactCategorizer:
         self, texts: Sequence[str], images: Sequence[np.ndarray | None]
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(image probs or None, text probs, image_used mask), each over the source labels."""
-        text_p = self.artifact.text_model.predict_proba(list(texts))
+        # Padding columns are masked out of the text model's mean; LiteRT then sees few distinct shapes.
+        text_p = self._text_fn(engine_mod.pad_columns(self.artifact.text_model.encoder.encode(list(texts)), 32))
         used = np.array([im is not None for im in images], dtype=bool)
         if not used.any():
             return None, text_p, used
         image_p = np.zeros_like(text_p)
         batch = np.stack([im for im in images if im is not None])
-        image_p[used] = self._image_fn(tf.constant(batch)).numpy()
+        image_p[used] = self._image_fn(batch)
         return image_p, text_p, used
 
     def decide(self, p: np.ndarray, used: np.ndarray) -> list[Decision]:
@@ -141,4 +153,15 @@ def load_categorizer(directory: str | Path, **overrides) -> ArtifactCategorizer:
         labels=len(artifact.manifest["label_space"]["labels"]),
         targets=len(artifact.targets),
     )
-    return ArtifactCategorizer(artifact, **overrides)
+    cat = ArtifactCategorizer(artifact, **overrides)
+    log.info("inference_engine", engine=cat.engine)
+    return cat
+
+
+def ai_edge_litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ai-edge-litert")
+    except PackageNotFoundError:
+        return "none"

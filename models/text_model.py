@@ -102,13 +102,15 @@ def build_text_model(
     vectors of unseen words would not (they stay where they started while the rest move).
     """
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    mask = keras.ops.cast(keras.ops.not_equal(ids, PAD), "float32")[..., None]
+    # expand_dims rather than [..., None]: the latter becomes a StridedSlice with new_axis_mask,
+    # which LiteRT's builtin ops cannot run (models.engine converts this graph for CPUs).
+    mask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(ids, PAD), "float32"), -1)
     count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
     emb = keras.layers.Embedding(n_ids, dim, embeddings_initializer="zeros", name="embedding")(ids)
     h = keras.ops.sum(emb * mask, axis=1) / count
     if frozen_dim:
         word_ids = keras.ops.where(keras.ops.less_equal(ids, n_words), ids, PAD)
-        wmask = keras.ops.cast(keras.ops.not_equal(word_ids, PAD), "float32")[..., None]
+        wmask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(word_ids, PAD), "float32"), -1)
         frozen = keras.layers.Embedding(1 + n_words, frozen_dim, trainable=False, name="frozen")(word_ids)
         h2 = keras.ops.sum(frozen * wmask, axis=1) / keras.ops.maximum(keras.ops.sum(wmask, axis=1), 1.0)
         h = keras.layers.Concatenate()([h, h2])

@@ -1,0 +1,125 @@
+"""The inference engines: LiteRT (CPU) and the TensorFlow graph (GPU path) agree on real data.
+
+The TensorFlow engine is what runs on a GPU; these tests force it on this CPU machine so that
+path stays covered where no GPU exists.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.engine import content_key, pad_columns, resolve_engine
+
+# Largest difference allowed between the engines' probabilities: both run the same fp32 weights,
+# differing only in kernel arithmetic order (measured: ≈ 3e-6 on the image model).
+PROB_ATOL = 1e-4
+
+
+def test_auto_picks_litert_without_gpu_and_tensorflow_with_one():
+    assert resolve_engine("auto", gpu_available=False) == "litert"
+    assert resolve_engine(None, gpu_available=False) == "litert"
+    assert resolve_engine("auto", gpu_available=True) == "tensorflow"
+
+
+def test_an_explicit_engine_is_kept_whatever_the_hardware():
+    assert resolve_engine("tensorflow", gpu_available=False) == "tensorflow"
+    assert resolve_engine("LiteRT", gpu_available=True) == "litert"
+
+
+def test_unknown_engine_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="auto, tensorflow, litert"):
+        resolve_engine("onnx", gpu_available=False)
+
+
+def test_pad_columns_rounds_up_with_zeros_and_keeps_aligned_input():
+    ids = np.arange(1, 7, dtype=np.int32).reshape(2, 3)
+    padded = pad_columns(ids, 4)
+    assert padded.shape == (2, 4) and padded.dtype == np.int32
+    assert np.array_equal(padded[:, :3], ids) and not padded[:, 3:].any()
+    assert pad_columns(padded, 4) is padded
+
+
+def test_content_key_changes_with_the_bytes(tmp_path):
+    f = tmp_path / "w.npz"
+    f.write_bytes(b"a")
+    k1 = content_key([f], "tf-2.20")
+    assert content_key([f], "tf-2.20") == k1
+    assert content_key([f], "tf-2.21") != k1
+    f.write_bytes(b"b")
+    assert content_key([f], "tf-2.20") != k1
+
+
+def test_settings_refuse_an_unknown_engine(monkeypatch):
+    from pydantic import ValidationError
+
+    from consumer.config import Settings
+
+    monkeypatch.setenv("SHELVER_INFERENCE_ENGINE", "cuda")
+    with pytest.raises(ValidationError, match="inference_engine"):
+        Settings()
+
+
+@pytest.fixture(scope="module")
+def catalogue_inputs():
+    from training.data import data_dir, load_catalogue
+
+    rows = load_catalogue(data_dir(None)).sample(64, random_state=7)
+    return list(rows["productDisplayName"]), list(rows["image_path"])
+
+
+@pytest.fixture(scope="module")
+def engines():
+    from consumer.config import Settings
+    from models.artifact import load_categorizer
+
+    path = Settings().resolved_artifact_dir()
+    with pytest.MonkeyPatch.context() as mp:  # the GPU path, forced the way an operator would force it
+        mp.setenv("SHELVER_INFERENCE_ENGINE", "tensorflow")
+        graph = load_categorizer(path)
+    return {"litert": load_categorizer(path, engine="litert"), "tensorflow": graph}
+
+
+@pytest.mark.slow
+def test_litert_and_tensorflow_give_the_same_categories_and_probabilities(engines, catalogue_inputs):
+    texts, paths = catalogue_inputs
+    lite, graph = engines["litert"], engines["tensorflow"]
+    assert (lite.engine, graph.engine) == ("litert", "tensorflow")  # the latter chosen by the env variable
+    images = [lite.prepare_image(Image.open(p)) for p in paths]
+    images[5] = None  # one event without an image: text only, in both engines
+    got = {}
+    for name, cat in engines.items():
+        image_p, text_p, used = cat.source_distributions(texts, images)
+        got[name] = (image_p, text_p, cat.categorize(texts, images))
+    (li, lt, ld), (gi, gt, gd) = got["litert"], got["tensorflow"]
+    np.testing.assert_allclose(li, gi, atol=PROB_ATOL)
+    np.testing.assert_allclose(lt, gt, atol=PROB_ATOL)
+    assert [d.category for d in ld] == [d.category for d in gd]
+    assert np.array_equal(li.argmax(1), gi.argmax(1))
+    np.testing.assert_allclose([d.kl for d in ld], [d.kl for d in gd], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_litert_results_do_not_depend_on_the_batch_size(engines, catalogue_inputs):
+    texts, paths = catalogue_inputs
+    lite = engines["litert"]
+    images = [lite.prepare_image(Image.open(p)) for p in paths[:12]]
+    whole, _, _ = lite.source_distributions(texts[:12], images)
+    # sizes change from call to call: the interpreter is resized each time
+    parts = [lite.source_distributions(texts[i:j], images[i:j])[0] for i, j in ((0, 7), (7, 8), (8, 12))]
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_second_load_reads_the_cached_conversion_instead_of_converting(engines, monkeypatch):
+    import tensorflow as tf
+
+    from consumer.config import Settings
+    from models.artifact import load_categorizer
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted again although the artifact is unchanged")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", no_conversion)
+    again = load_categorizer(Settings().resolved_artifact_dir(), engine="litert")
+    assert again.engine == "litert"
