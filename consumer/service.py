@@ -20,10 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer import scoring
-from consumer.batching import MicroBatcher
+from consumer.batching import MicroBatcher, flow_control
 from consumer.config import Settings
 from consumer.kafka_io import make_consumer, make_producer
 from consumer.logs import get_logger
@@ -90,7 +90,8 @@ class Service:
         self.consumer = make_consumer(settings, consumer_extra)
         self.producer = make_producer(settings)
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
-        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000,
+                                                        key=lambda it: (it.msg.topic(), it.msg.partition()))
         self.todo: queue.Queue[Batch | None] = queue.Queue(maxsize=settings.pipeline_depth)
         self.done: queue.Queue[Batch] = queue.Queue()
         self.inflight: deque[Batch] = deque()  # formed, not yet committed, in consume order
@@ -98,7 +99,8 @@ class Service:
         self.worker = threading.Thread(target=self._infer_loop, name="infer", daemon=True)
         self.stopping = threading.Event()
         self.failure: str | None = None
-        self.paused = False
+        self.paused: set[tuple[str, int]] = set()  # partitions paused because we hold enough of theirs
+        self.pauses = 0  # partition pauses so far (benchmarks report it)
         self.assignment_changed = False
         self.assignment: set[tuple[str, int]] = set()
         self.seq = 0
@@ -121,9 +123,15 @@ class Service:
             while not self.stopping.is_set() and not self._limits_reached():
                 self._pump()
                 self._backpressure()
-                timeout = 0.01 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
-                self._accept(self.consumer.consume(self.batcher.room(), timeout))
-                while self.batcher.ready(time.monotonic()) and not self.todo.full():
+                # Take what is already fetched without waiting; block (for one message, not for a
+                # whole batch: consume() waits until num_messages or the timeout) only when nothing is.
+                msgs = self.consumer.consume(self.s.max_batch_size, 0)
+                if not msgs:
+                    timeout = 0.01 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
+                    msgs = self.consumer.consume(1, timeout)
+                self._accept(msgs)
+                # An idle model (nothing queued for it) takes whatever is waiting, without a batch window.
+                while self.batcher.ready(time.monotonic(), idle=self.todo.empty()) and not self.todo.full():
                     self._submit(self.batcher.take())
             self._drain()
             log.info("stopped", events=self.completed)
@@ -140,7 +148,7 @@ class Service:
     def _accept(self, msgs: list[Message]) -> None:
         """Decode and validate as messages arrive (overlapping inference); poison is kept for the DLQ."""
         now = time.monotonic()
-        items = []
+        items, stamps = [], []
         for msg in msgs:
             if msg.error():
                 if msg.error().fatal():
@@ -155,9 +163,11 @@ class Service:
                 item.error = exc
             item.decode_s = time.perf_counter() - t0
             items.append(item)
+            kind, ts = msg.timestamp()
+            stamps.append(ts / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else time.time())  # oldest first across partitions
         if items:
             self.last_message = now
-            self.batcher.add(items, now)
+            self.batcher.add(items, now, stamps)
 
     def _submit(self, items: list[Item]) -> None:
         """Form a batch: DLQ its poison, start its image fetch, queue it for inference (blocks if full)."""
@@ -264,13 +274,26 @@ class Service:
         )
 
     def _backpressure(self) -> None:
-        """Pause the assignment while the pipeline is full and a whole batch is already waiting."""
-        busy = self.todo.full() and len(self.batcher) >= self.batcher.max_size
-        if busy != self.paused or (busy and self.assignment_changed):
-            parts = self.consumer.assignment()
-            (self.consumer.pause if busy else self.consumer.resume)(parts)
-            log.debug("paused" if busy else "resumed", partitions=len(parts))
-            self.paused, self.assignment_changed = busy, False
+        """Pause each partition of which we already hold a batch's worth, resume it at half.
+
+        Per partition, not the whole assignment: a paused partition's prefetched messages are dropped by
+        librdkafka, and pausing all of them made the partitions first in each new fetch response win.
+        Polling goes on either way, so slow inference never exceeds ``max.poll.interval.ms``.
+        """
+        if self.assignment_changed:  # a rebalance: the new assignment starts unpaused
+            if self.assignment:
+                self.consumer.resume([TopicPartition(t, p) for t, p in self.assignment])
+            self.paused, self.assignment_changed = set(), False
+        high = self.s.max_batch_size
+        pause, resume = flow_control(self.batcher.counts(), self.paused, self.assignment, high, high // 2)
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+            self.pauses += len(pause)
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self.paused = (self.paused | pause) - resume
+        if pause or resume:
+            log.debug("flow control", paused=len(self.paused), newly_paused=len(pause), resumed=len(resume))
 
     def _drain(self, exclude: frozenset = frozenset()) -> None:
         """Finish every pending and in-flight batch, deliver, and commit (except ``exclude``)."""
