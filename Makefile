@@ -34,8 +34,9 @@ train: setup
 evaluate: setup
 	$(BIN)/shelver evaluate
 
+# throughput per engine and mode, latency at 50%/80% load → reports/benchmark.md + .png (≈ 6 min; own broker)
 benchmark: setup
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	-scripts/kafka-local stop

@@ -44,6 +44,7 @@ class LatencyRun:
     batches: int = 0
     mean_batch: float = 0.0
     mean_infer_ms: float = 0.0
+    share: float = 0.0  # of the measured capacity (set by run_all)
 
     @property
     def all_ms(self) -> np.ndarray:

@@ -1,0 +1,223 @@
+"""`make benchmark`: every throughput and latency measurement in one run, written to reports/benchmark.md
+and reports/benchmark.png.
+
+    python benchmarks/run_all.py [--quick] [--out reports]
+
+It starts its own Kafka broker (``scripts/kafka-local``, port ``SHELVER_BENCH_KAFKA_PORT``, default
+29192) unless ``SHELVER_BOOTSTRAP_SERVERS`` is set, serves the catalogue's images over local HTTP, and
+measures, in this order and in one process:
+
+1. the bare model (``categorize()`` on decoded inputs) per engine: TensorFlow graph and LiteRT, batch 32,
+   and LiteRT at batch 1;
+2. the service end to end through the broker with a backlog (batch 32, both engines), and one product
+   at a time (``max_batch_size=1``), with the time spent in each stage;
+3. latency at a fixed production rate of 50% and 80% of the measured end-to-end capacity, for
+   ``--latency-seconds`` each over 6 partitions: p50/p95/p99 overall and per partition.
+
+Ratios are taken within the run, so a machine shared with other work still gives comparable rows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from latency import LatencyRun, Timed, describe, run_latency  # noqa: E402
+
+from consumer.admin import ensure_topics  # noqa: E402
+from consumer.config import Settings  # noqa: E402
+from consumer.logs import configure  # noqa: E402
+from consumer.sample import publish, sample_events, serve_directory  # noqa: E402
+from consumer.service import Service  # noqa: E402
+
+
+@dataclass
+class Row:
+    mode: str
+    engine: str
+    batch: int
+    events: int
+    seconds: float
+    stages: dict | None = None
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_model(model, texts, images, batch: int) -> float:
+    model.categorize(texts[:batch], images[:batch])  # warm-up: allocations, interpreter shapes
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        model.categorize(texts[i : i + batch], images[i : i + batch])
+    return time.perf_counter() - start
+
+
+class TimedFetcher:
+    """The real image fetcher, with the wall time of its HTTP part recorded."""
+
+    def __init__(self, fetcher):
+        self._f, self.seconds = fetcher, 0.0
+
+    def fetch_many(self, urls):
+        t = time.perf_counter()
+        try:
+            return self._f.fetch_many(urls)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    def close(self):
+        self._f.close()
+
+
+class StageModel(Timed):
+    """Inference and image preparation (decode + resize) timed separately."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.prepare_s = 0.0
+
+    def prepare_image(self, image):
+        t = time.perf_counter()
+        try:
+            return self._model.prepare_image(image)
+        finally:
+            self.prepare_s += time.perf_counter() - t
+
+
+def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int, partitions: int = 6) -> Row:
+    from consumer.images import ImageFetcher
+
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(update=dict(
+        group_id=f"bench-{tag}", input_topic=f"bench.in.{tag}", replay_topic=None,
+        output_topic=f"bench.out.{tag}", dlq_topic=f"bench.dlq.{tag}", max_batch_size=batch,
+        image_allowed_hosts=[*base.image_allowed_hosts, "127.0.0.1"], log_level="WARNING",
+    ))
+    ensure_topics(s, partitions=partitions)
+    publish(s, sample_events(catalogue, image_url, n, seed=1))
+    staged, fetcher = StageModel(model), TimedFetcher(ImageFetcher(s))
+    svc = Service(s, staged, fetcher, max_events=n)
+    thread = threading.Thread(target=svc.run)
+    thread.start()
+    while not svc.assignment and thread.is_alive():
+        time.sleep(0.01)
+    start = time.perf_counter()
+    thread.join()
+    fetcher.close()
+    if svc.completed < n:
+        raise RuntimeError(f"service stopped after {svc.completed}/{n} events: {svc.failure}")
+    wall = time.perf_counter() - start
+    stages = {"inference": sum(t for _, t in staged.stats), "prepare": staged.prepare_s, "http": fetcher.seconds,
+              "batches": len(staged.stats)}
+    return Row("end to end", model.engine, batch, n, wall, stages)
+
+
+def start_broker() -> tuple[str, dict | None]:
+    if os.environ.get("SHELVER_BOOTSTRAP_SERVERS"):
+        return os.environ["SHELVER_BOOTSTRAP_SERVERS"], None
+    port = os.environ.get("SHELVER_BENCH_KAFKA_PORT", "29192")
+    env = {**os.environ, "KAFKA_PORT": port, "KAFKA_STATE_DIR": str(REPO / ".kafka" / f"bench-{port}")}
+    subprocess.run([REPO / "scripts" / "kafka-local", "stop"], env=env, check=True, capture_output=True)
+    subprocess.run(["rm", "-rf", env["KAFKA_STATE_DIR"]], check=True)
+    subprocess.run([REPO / "scripts" / "kafka-local", "start"], env=env, check=True)
+    return f"127.0.0.1:{port}", env
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-events", type=int, default=512)
+    p.add_argument("--e2e-events", type=int, default=1500)
+    p.add_argument("--single-events", type=int, default=150)
+    p.add_argument("--latency-seconds", type=float, default=60)
+    p.add_argument("--quick", action="store_true", help="small counts and 20 s latency runs (harness check)")
+    p.add_argument("--data")
+    p.add_argument("--out", default=str(REPO / "reports"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model_events, args.e2e_events, args.single_events, args.latency_seconds = 128, 256, 40, 20
+
+    from models.artifact import load_categorizer
+    from training.data import data_dir, load_catalogue
+
+    configure("WARNING")
+    t_run = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    root = data_dir(args.data)
+    catalogue = load_catalogue(root)
+    bootstrap, broker_env = start_broker()
+    try:
+        settings = Settings(bootstrap_servers=bootstrap)
+        artifact = settings.resolved_artifact_dir()
+        models = {e: load_categorizer(artifact, engine=e) for e in ("tensorflow", "litert")}
+        version = models["litert"].model_version
+        rows_df = catalogue.sample(args.model_events, random_state=0)
+        texts = list(rows_df["productDisplayName"])
+        images = [models["litert"].prepare_image(Image.open(q)) for q in rows_df["image_path"]]
+        rows: list[Row] = []
+        for engine, batch in (("tensorflow", 32), ("litert", 32), ("litert", 1)):
+            n = len(texts) if batch > 1 else min(len(texts), 128)
+            rows.append(Row("bare model", engine, batch, n, bench_model(models[engine], texts[:n], images[:n], batch)))
+            print(f"bare model {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
+        latency: list[LatencyRun] = []
+        with serve_directory(root / "images") as url:
+            for engine, batch, n in (("litert", 32, args.e2e_events), ("tensorflow", 32, args.e2e_events // 3),
+                                     ("litert", 1, args.single_events)):
+                rows.append(bench_service(settings, models[engine], catalogue, url, n, batch))
+                print(f"end to end {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
+            capacity = rows[3].eps
+            for share in (0.5, 0.8):
+                run = run_latency(settings, models["litert"], catalogue, url, share * capacity, args.latency_seconds)
+                run.share = share
+                latency.append(run)
+                print(describe(run), flush=True)
+    finally:
+        if broker_env:
+            subprocess.run([REPO / "scripts" / "kafka-local", "stop"], env=broker_env, check=False)
+    header = dict(
+        started=started.strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu_model(), cores=os.cpu_count(),
+        affinity=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg(),
+        model=version, duration=time.perf_counter() - t_run, commit=_git_commit(), quick=args.quick,
+    )
+    out = Path(args.out)
+    from report import write_report
+
+    md = write_report(out, header, rows, latency, settings)
+    print(f"wrote {md} and {md.with_suffix('.png')} in {header['duration']:.0f} s")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
