@@ -3,8 +3,9 @@
 Threads: the main thread owns both Kafka clients (poll, decode, DLQ, serialize, produce, commit); a
 small pool fetches each batch's images while the previous batch is still in inference; one worker
 thread runs ``categorize`` on whole batches. Batches flow through a bounded queue
-(``pipeline_depth``); when it is full the assignment is paused and polling continues, so slow
-inference never exceeds ``max.poll.interval.ms``.
+(``pipeline_depth``); a partition of which a batch's worth is held is paused on its own (flow
+control in ``consumer.batching``) and polling continues, so slow inference never exceeds
+``max.poll.interval.ms`` and no partition starves behind the others.
 
 At-least-once: a batch's offsets (last + 1 per partition) are committed synchronously, in batch
 order, only after every one of its results and DLQ records has a successful delivery report. A
@@ -32,6 +33,7 @@ from schemas import ProductEvent
 from schemas.wire import make_codec
 
 log = get_logger("shelver.service")
+_MIN_HELD_PER_PARTITION = 16  # events held per partition before it is paused, whatever the batch size
 _POLL_CAP_S = 0.5  # longest single consume(); bounds how late stop requests and commits are noticed
 
 
@@ -284,7 +286,8 @@ class Service:
             if self.assignment:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self.assignment])
             self.paused, self.assignment_changed = set(), False
-        high = self.s.max_batch_size
+        # At least 16: with tiny batches, pausing on every held message would throw away the prefetch each time.
+        high = max(self.s.max_batch_size, _MIN_HELD_PER_PARTITION)
         pause, resume = flow_control(self.batcher.counts(), self.paused, self.assignment, high, high // 2)
         if pause:
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
