@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
         src = nullcontext(sys.stdin) if args.input == "-" else open(args.input, encoding="utf-8")
         dst = nullcontext(sys.stdout) if args.output == "-" else open(args.output, "w", encoding="utf-8")
-        with src as src, dst as dst, ImageFetcher(settings) as fetcher:
-            counts = categorize_lines(src, dst, load(settings), fetcher, settings.max_batch_size,
+        categorizer = load(settings)
+        with src as src, dst as dst, ImageFetcher(settings, target_size=categorizer.image_size) as fetcher:
+            counts = categorize_lines(src, dst, categorizer, fetcher, settings.max_batch_size,
                                       source=Path(args.input).name)
         log.info("categorized", **counts)
         return 0

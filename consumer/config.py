@@ -160,6 +160,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Hosts, IPs or CIDRs that may be fetched even if private/loopback (SSRF allow-list)",
     )
+    # Image fetch hardening (hard-fetch): one deadline per fetch, bounded decode memory. Ports other than
+    # 80/443 are fetched only when an image_allowed_hosts entry covers them ("host" = any port, "host:port").
+    image_total_timeout_s: float = Field(5.0, gt=0, description="deadline per image: DNS, connect, redirects, body")
+    image_max_aspect: float = Field(10.0, ge=1, description="longer/shorter side above this: refused as bad_aspect")
+    image_decode_budget_pixels: int = Field(
+        40_000_000, gt=0, description="pixels being decoded at once across the fetch pool (memory bound)"
+    )
 
     # Models and the KL choice
     artifact_dir: Path | None = None  # default: newest folder under models/artifacts

@@ -1,17 +1,29 @@
-"""Product image download: SSRF-safe, bounded in bytes, pixels and time, and never raising on bad data.
+"""Product image download: SSRF-safe, bounded in bytes, pixels, memory and time, and never raising on bad data.
 
-Image URLs come from sellers, so they are untrusted: only http(s); every resolved address of every hop
-(redirects are followed by hand) must be public unless allow-listed; the connection goes to exactly the
-addresses that were checked (no second DNS lookup to rebind); the body is streamed up to a byte cap and
-the pixel count is checked from the header before anything is decoded.
+Image URLs come from sellers, so they are untrusted: only http(s) on ports 80/443 (other ports only
+when allow-listed); every resolved address of every hop (redirects are followed by hand) must be
+public unless allow-listed; the connection goes to exactly the addresses that were checked (no second
+DNS lookup to rebind); the body is streamed up to a byte cap.
+
+Time: one deadline per fetch (``image_total_timeout_s``) covers DNS, connect, every redirect hop,
+headers and body. Per-read timeouts alone let a server that drips one byte per second hold a fetch,
+and its whole batch, for minutes; here every socket operation waits at most until the deadline.
+:meth:`ImageFetcher.cancel` aborts in-flight downloads (their sockets are shut down), so a stopping
+service never waits for an image server.
+
+Memory: only the accepted formats are parsed; the pixel count and aspect ratio are checked from the
+header; JPEGs are decoded at reduced scale and everything else box-reduced right after decoding to a
+few times the model's input (``models.image.shrink_for``); and decoding holds a share of a pool-wide
+pixel budget, so a batch of huge images is decoded a few at a time instead of all at full size.
 """
 from __future__ import annotations
 
 import io
 import socket
+import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Sequence
@@ -22,16 +34,23 @@ import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from consumer.config import Settings
+from models.pixels import draft_for, shrink_for
 
 log = structlog.get_logger(__name__)
 
 MAX_REDIRECTS = 3
+# Ports fetched without an allow-list entry naming them: the web's own.
+STANDARD_PORTS = frozenset({80, 443})
+# What sellers upload; Pillow's other ~40 parsers (PSD, TGA, EPS, ...) are attack surface we do not need.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 # Cloud instance-metadata endpoints: refused even when an allow-listed CIDR covers them.
 METADATA_ADDRESSES = frozenset(
     ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 )
 _NAT64 = ip_network("64:ff9b::/96")
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Abandoned DNS lookups (past their deadline) still occupy a daemon thread until the resolver gives up.
+_MAX_PENDING_DNS = 64
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an exception we report as a bomb.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
@@ -64,35 +83,195 @@ def is_public(ip: IPv4Address | IPv6Address) -> bool:
     )
 
 
-class _GuardedBackend(httpcore.SyncBackend):
-    """httpcore's socket backend that resolves once, checks every address, then connects only to those."""
+@dataclass(frozen=True)
+class AllowRule:
+    """One SSRF allow-list entry: a host name or an IP network, on any port (``port=None``) or one."""
 
-    def __init__(self, allowed: Sequence[str]):
-        self._hosts, self._nets = set(), []
-        for entry in allowed:
+    host: str | None
+    net: object | None  # IPv4Network | IPv6Network
+    port: int | None
+
+    @classmethod
+    def parse(cls, entry: str) -> AllowRule:
+        """``"127.0.0.1"``, ``"10.0.0.0/8"``, ``"images.local"`` (any port) or with ``:port``
+        (``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"images.local:8080"``)."""
+        text = entry.strip()
+        try:
+            return cls(None, ip_network(text, strict=False), None)
+        except ValueError:
+            pass
+        port = None
+        if text.startswith("[") and "]:" in text:
+            text, port = text[1:].split("]:", 1)
+        elif text.count(":") == 1:
+            text, port = text.split(":")
+        if port is not None:
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"bad port in image allow-list entry {entry!r}")
+            port = int(port)
+        try:
+            return cls(None, ip_network(text.strip("[]"), strict=False), port)
+        except ValueError:
+            return cls(text.lower().rstrip("."), None, port)
+
+    def matches(self, host: str, ip, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        return (self.host is not None and self.host == host) or (
+            self.net is not None and ip is not None and ip in self.net
+        )
+
+
+def address_allowed(rules: Sequence[AllowRule], host: str, ip, port: int) -> str | None:
+    """None if (host, ip, port) may be fetched, else the refusal reason (pure; the SSRF rule)."""
+    host = host.lower().rstrip(".")
+    if ip in METADATA_ADDRESSES:
+        return "blocked_address"
+    if any(r.matches(host, ip, port) for r in rules):
+        return None
+    if not is_public(ip):
+        return "blocked_address"
+    return None if port in STANDARD_PORTS else "blocked_port"
+
+
+class _Scope:
+    """Deadline and cancellation shared by the fetcher and its network backend.
+
+    The deadline is per thread (one fetch runs per worker thread at a time); the sockets of every
+    live connection are registered so :meth:`cancel` can shut them down from another thread, which
+    wakes a blocked ``recv`` at once.
+    """
+
+    def __init__(self):
+        self.local = threading.local()
+        self.cancelled = threading.Event()
+        self._streams: set = set()
+        self._lock = threading.Lock()
+
+    def time_left(self, cap: float | None, timeout_exc: type[Exception]) -> float:
+        """Seconds the next socket operation may wait: at most ``cap`` and what is left of the deadline."""
+        if self.cancelled.is_set():
+            raise httpcore.ReadError("fetch cancelled")
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is None:
+            return cap
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise timeout_exc("image fetch deadline passed")
+        return left if cap is None else min(cap, left)
+
+    def register(self, stream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+        if self.cancelled.is_set():
+            stream.abort()
+
+    def forget(self, stream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.abort()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS handshake ends by the fetch's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, scope: _Scope):
+        self._inner, self._scope = inner, scope
+        scope.register(self)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._scope.time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._scope.time_left(timeout, httpcore.WriteTimeout))
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        self._inner = self._inner.start_tls(
+            ssl_context, server_hostname, self._scope.time_left(timeout, httpcore.ConnectTimeout)
+        )
+        return self
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+    def close(self) -> None:
+        self._scope.forget(self)
+        self._inner.close()
+
+    def abort(self) -> None:
+        """Shut the socket down (from any thread): a blocked recv returns, later ones fail."""
+        sock = self._inner.get_extra_info("socket")
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the base method: also right under TLS
+        except (OSError, TypeError):
+            pass
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """httpcore's socket backend that resolves once (within the deadline), checks every address and
+    port, then connects only to those, through deadline-bound streams."""
+
+    def __init__(self, allowed: Sequence[str], scope: _Scope):
+        self._rules = [AllowRule.parse(entry) for entry in allowed]
+        self._scope = scope
+        self._dns_slots = threading.BoundedSemaphore(_MAX_PENDING_DNS)
+
+    def _getaddrinfo(self, host: str, port: int) -> list:
+        try:
+            ip_address(host)
+        except ValueError:
+            pass
+        else:  # a literal needs no lookup
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        # getaddrinfo has no timeout: run it in a daemon thread and stop waiting at the deadline.
+        if not self._dns_slots.acquire(blocking=False):
+            raise _Refused("dns_error")
+        box: dict = {}
+        done = threading.Event()
+
+        def lookup():
             try:
-                self._nets.append(ip_network(entry.strip(), strict=False))
-            except ValueError:
-                self._hosts.add(entry.strip().lower().rstrip("."))
+                box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except Exception as exc:
+                box["error"] = exc
+            finally:
+                self._dns_slots.release()
+                done.set()
+
+        threading.Thread(target=lookup, name="image-dns", daemon=True).start()
+        while not done.wait(min(0.1, self._scope.time_left(None, httpcore.ConnectTimeout) or 0.1)):
+            pass
+        if "error" in box:
+            raise box["error"]
+        return box["infos"]
 
     def resolve(self, host: str, port: int) -> list[IPv4Address | IPv6Address]:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = self._getaddrinfo(host, port)
         except (socket.gaierror, UnicodeError):
             raise _Refused("dns_error") from None
-        ips = list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
-        host_allowed = host.lower().rstrip(".") in self._hosts
+        ips = list(dict.fromkeys(ip_address(info[4][0].split("%")[0]) for info in infos))
         for ip in ips:
-            allowed = host_allowed or any(ip in net for net in self._nets)
-            if ip in METADATA_ADDRESSES or not (is_public(ip) or allowed):
-                raise _Refused("blocked_address")
+            reason = address_allowed(self._rules, host, ip, port)
+            if reason:
+                raise _Refused(reason)
         return ips
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         error = None
         for ip in self.resolve(host, port):
             try:
-                return super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
+                stream = super().connect_tcp(
+                    str(ip), port, self._scope.time_left(timeout, httpcore.ConnectTimeout),
+                    local_address, socket_options,
+                )
+                return _DeadlineStream(stream, self._scope)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
@@ -111,22 +290,86 @@ class _GuardedTransport(httpx.HTTPTransport):
         )
 
 
-def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes → RGB image; the pixel count is checked from the header before decoding."""
+class PixelBudget:
+    """A counting semaphore over decoded pixels: at most ``capacity`` pixels are being decoded at once.
+
+    One request never needs more than the whole budget (it is clamped), so any image under the
+    per-image cap can always proceed, alone if need be. Waiting ends at a deadline or on cancel.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self.in_use = 0
+        self.peak = 0  # for tests and logs: the most pixels ever held at once
+        self._cond = threading.Condition()
+        self._cancelled = False
+
+    def acquire(self, pixels: int, deadline: float | None) -> int:
+        """Blocks until ``pixels`` (clamped) fit; returns the amount to :meth:`release`."""
+        need = min(max(1, pixels), self.capacity)
+        with self._cond:
+            while self.in_use + need > self.capacity:
+                if self._cancelled:
+                    raise _Refused("cancelled")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise _Refused("timeout")
+                self._cond.wait(left)
+            self.in_use += need
+            self.peak = max(self.peak, self.in_use)
+            return need
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.in_use -= pixels
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int,
+    max_aspect: float,
+    target_size: tuple[int, int] | None = None,
+    budget: PixelBudget | None = None,
+    deadline: float | None = None,
+) -> Image.Image:
+    """Bytes → RGB image, reduced for a model of ``target_size`` (height, width) when given.
+
+    Size and aspect are checked from the header before anything is decoded; decoding holds its
+    (reduced) pixel count from ``budget``; the result is shrunk before the budget is released, so
+    only a few times the model's pixels per image outlive the call.
+    """
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         width, height = img.size
         if width * height > max_pixels:
             raise _Refused("decompression_bomb")
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-            # Catalogue photos are on white; transparent pixels would otherwise turn black.
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-            return img
-        return img.convert("RGB")
+        if min(width, height) < 1 or max(width, height) > max_aspect * min(width, height):
+            # Padding a 20000x1 strip to the model's aspect is what builds a 533 MP canvas.
+            raise _Refused("bad_aspect")
+        if target_size is not None:
+            img = draft_for(img, target_size)  # JPEG: img.size is now the reduced decode size
+        held = budget.acquire(img.size[0] * img.size[1], deadline) if budget else 0
+        try:
+            img.load()
+            if target_size is not None:
+                img = shrink_for(img, target_size)
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # Catalogue photos are on white; transparent pixels would otherwise turn black.
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+                return img
+            return img.convert("RGB")
+        finally:
+            if budget:
+                budget.release(held)
     except _Refused:
         raise
     except _BOMB:
@@ -140,46 +383,97 @@ def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
 class ImageFetcher:
     """Fetches product images concurrently over one pooled client; one FetchResult per URL, in order.
 
-    A whole fetch (all hops and the body) is bounded by connect + read timeout, so a slow-drip server
-    cannot hold a batch longer than that (per-read timeouts alone would allow it).
+    ``target_size`` (the model's (height, width)) lets decoding stop at a few times the pixels the
+    model uses; without it images are returned at full size (still under the pixel cap and budget).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, target_size: tuple[int, int] | None = None):
         self._max_bytes = settings.image_max_bytes
         self._max_pixels = settings.image_max_pixels
-        self._budget_s = settings.image_connect_timeout_s + settings.image_read_timeout_s
+        self._max_aspect = settings.image_max_aspect
+        self._total_s = settings.image_total_timeout_s
+        self._timeout = (settings.image_connect_timeout_s, settings.image_read_timeout_s)
+        self._target_size = tuple(target_size) if target_size else None
+        self._budget = PixelBudget(settings.image_decode_budget_pixels)
+        self._scope = _Scope()
         workers = max(1, settings.image_fetch_concurrency)
         self._client = httpx.Client(
-            transport=_GuardedTransport(_GuardedBackend(settings.image_allowed_hosts), workers),
+            transport=_GuardedTransport(_GuardedBackend(settings.image_allowed_hosts, self._scope), workers),
             timeout=httpx.Timeout(settings.image_read_timeout_s, connect=settings.image_connect_timeout_s),
             follow_redirects=False,
             trust_env=False,  # a proxy would connect on our behalf and bypass the address check
             headers={"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "shelver-image-fetcher"},
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
+        self._closed = False
+        self._stop_by = float("inf")  # set by cancel(grace_s): no fetch runs past it
+
+    @property
+    def budget(self) -> PixelBudget:
+        return self._budget
 
     def fetch(self, url: str | None) -> FetchResult:
         if not url:
             return FetchResult(None, "no_url")
+        if self._scope.cancelled.is_set() or time.monotonic() >= self._stop_by:
+            return FetchResult(None, "cancelled")
+        deadline = min(time.monotonic() + self._total_s, self._stop_by)
         try:
-            return FetchResult(_decode_image(self._download(url), self._max_pixels), None)
+            data = self._download(url, deadline)
+            image = decode_image(data, self._max_pixels, self._max_aspect, self._target_size, self._budget, deadline)
+            return FetchResult(image, None)
         except _Refused as exc:
-            return FetchResult(None, exc.reason)
-        except httpx.TimeoutException:
-            return FetchResult(None, "timeout")
-        except httpx.ConnectError:
-            return FetchResult(None, "connect_error")
-        except httpx.TransportError:
-            return FetchResult(None, "network_error")
+            return FetchResult(None, "cancelled" if self._scope.cancelled.is_set() else exc.reason)
+        except httpx.TransportError as exc:
+            if self._scope.cancelled.is_set():
+                return FetchResult(None, "cancelled")
+            if isinstance(exc, httpx.TimeoutException) or time.monotonic() >= deadline:
+                return FetchResult(None, "timeout")
+            return FetchResult(None, "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error")
         except Exception:
+            if self._scope.cancelled.is_set():
+                return FetchResult(None, "cancelled")
             log.warning("image_fetch_failed", url=url[:200], exc_info=True)
             return FetchResult(None, "fetch_error")
 
     def fetch_many(self, urls: Sequence[str | None]) -> list[FetchResult]:
-        return list(self._executor.map(self.fetch, urls))
+        try:
+            futures = [self._executor.submit(self.fetch, u) for u in urls]
+        except RuntimeError:  # closed: the service is shutting down
+            return [FetchResult(None, "cancelled") for _ in urls]
+        out = []
+        for fut in futures:
+            try:
+                out.append(fut.result())
+            except CancelledError:
+                out.append(FetchResult(None, "cancelled"))
+        return out
+
+    def cancel(self, grace_s: float = 0.0) -> None:
+        """Abort every download in flight and refuse new ones (safe from any thread or a signal handler).
+
+        With ``grace_s`` (a stopping service), fetches may still finish for that long, so a healthy
+        batch keeps its images, then whatever is left is aborted: however many URLs are queued and
+        whatever the servers do, fetching is over ``grace_s`` after the call. Aborted fetches end
+        with error ``cancelled`` (a connect already under way ends at its connect timeout at most).
+        """
+        if grace_s > 0:
+            self._stop_by = min(self._stop_by, time.monotonic() + grace_s)
+            timer = threading.Timer(grace_s, self.cancel)
+            timer.daemon = True
+            timer.start()
+            return
+        self._scope.cancel()
+        self._budget.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Cancel what is in flight, wait for the workers (now quick), release the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
     def __enter__(self) -> ImageFetcher:
@@ -188,31 +482,36 @@ class ImageFetcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _download(self, url: str) -> bytes:
-        deadline = time.monotonic() + self._budget_s
-        target = _checked_url(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            with self._client.stream("GET", target) as response:
-                if response.is_redirect:
-                    target = _checked_url(str(response.url.join(response.headers["location"])))
-                    continue
-                if response.status_code != 200:
-                    raise _Refused(f"http_{response.status_code}")
-                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                if not content_type.startswith("image/"):
-                    raise _Refused("not_an_image")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self._max_bytes:
-                    raise _Refused("too_large")
-                body = bytearray()
-                for chunk in response.iter_raw():
-                    body += chunk
-                    if len(body) > self._max_bytes:
+    def _download(self, url: str, deadline: float) -> bytes:
+        self._scope.local.deadline = deadline  # every socket operation of this thread now ends by it
+        try:
+            target = _checked_url(url)
+            for _ in range(MAX_REDIRECTS + 1):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Refused("timeout")
+                timeout = httpx.Timeout(self._timeout[1], connect=self._timeout[0], pool=left)
+                with self._client.stream("GET", target, timeout=timeout) as response:
+                    if response.is_redirect:
+                        target = _checked_url(str(response.url.join(response.headers["location"])))
+                        continue
+                    if response.status_code != 200:
+                        raise _Refused(f"http_{response.status_code}")
+                    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if not content_type.startswith("image/"):
+                        raise _Refused("not_an_image")
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self._max_bytes:
                         raise _Refused("too_large")
-                    if time.monotonic() > deadline:
-                        raise _Refused("timeout")
-                return bytes(body)
-        raise _Refused("too_many_redirects")
+                    body = bytearray()
+                    for chunk in response.iter_raw():
+                        body += chunk
+                        if len(body) > self._max_bytes:
+                            raise _Refused("too_large")
+                    return bytes(body)
+            raise _Refused("too_many_redirects")
+        finally:
+            self._scope.local.deadline = None
 
 
 def _checked_url(url: str) -> httpx.URL:
@@ -227,4 +526,7 @@ def _checked_url(url: str) -> httpx.URL:
     return parsed
 
 
-__all__ = ["FetchResult", "ImageFetcher", "is_public", "MAX_REDIRECTS"]
+__all__ = [
+    "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "address_allowed",
+    "decode_image", "is_public", "MAX_REDIRECTS", "STANDARD_PORTS",
+]

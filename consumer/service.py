@@ -87,7 +87,8 @@ class Service:
 
         self.s, self.model = settings, categorizer
         self.own_fetcher = fetcher is None
-        self.fetcher = fetcher or ImageFetcher(settings)
+        # The model's input size lets the fetcher decode big images at reduced scale (hard-fetch).
+        self.fetcher = fetcher or ImageFetcher(settings, target_size=categorizer.image_size)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.consumer = make_consumer(settings, consumer_extra)
         self.producer = make_producer(settings)
@@ -113,6 +114,8 @@ class Service:
     def stop(self) -> None:
         """Ask the loop to finish in-flight work, commit and return (signal-handler safe)."""
         self.stopping.set()
+        if self.own_fetcher:  # image fetches get one more fetch deadline at most, then are aborted
+            self.fetcher.cancel(grace_s=self.s.image_total_timeout_s)
 
     # ---- main thread -------------------------------------------------------------------------
     def run(self) -> int:

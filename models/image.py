@@ -10,44 +10,16 @@ import os
 
 import keras
 import numpy as np
-from PIL import Image, ImageOps
 
 from models.efficientnet_lite import efficientnet_lite0, load_imagenet_weights
+# The decode/resize path lives in the keras-free models.pixels (the fetcher imports it); re-exported here.
+from models.pixels import BACKGROUND, MAX_CANVAS_FACTOR, REDUCING_GAP, draft_for, prepare_image, shrink_for  # noqa: F401
 
-BACKGROUND = (255, 255, 255)
 # (height, width). Catalogue shots are 60x80 portraits; 192x144 keeps their 3:4 aspect (no
 # padding waste) at 2.4x. Linear probe, 3,000 catalogue images, 93 articleType classes, mean of
 # 5 splits: 128x128 72.7%, 160x120 74.3%, 160x160 75.2%, 192x144 75.9%, 224x224 76.5%;
 # 192x144 costs ~55% of 224x224, so one pass over 37,775 images takes ~4-8 min on 2 CPU cores.
 IMAGE_SIZE = (192, 144)
-
-
-def prepare_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """uint8 RGB array [H, W, 3] for ``size`` = (height, width).
-
-    The image is padded with white to the target aspect ratio (centred) and then resized
-    with bicubic filtering (antialiased when shrinking). Padding, not cropping: catalogue
-    shots are 60x80 portraits whose garment often touches the frame (a crop cuts off
-    hems and shoe tips), and both the catalogue and marketplace shots are products on
-    white, so white padding adds nothing the model has not seen. Camera EXIF rotation is
-    applied; transparency is composited onto white; grayscale/CMYK/palette become RGB.
-    """
-    height, width = size
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "P", "PA") and (img.mode != "P" or "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.new("RGB", rgba.size, BACKGROUND)
-        img.paste(rgba, mask=rgba.getchannel("A"))
-    img = img.convert("RGB")
-    w, h = img.size
-    if w * height != h * width:  # pad the short side so the aspect matches the target
-        canvas_w, canvas_h = max(w, round(h * width / height)), max(h, round(w * height / width))
-        canvas = Image.new("RGB", (canvas_w, canvas_h), BACKGROUND)
-        canvas.paste(img, ((canvas_w - w) // 2, (canvas_h - h) // 2))
-        img = canvas
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
 
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
