@@ -130,6 +130,52 @@ def test_both_checkpoint_formats_with_strided_and_shared_storage(tmp_path, monke
     np.testing.assert_array_equal(got["b"], [5, 6])
 
 
+class _Payload:
+    """Creates ``marker`` when unpickled by plain pickle: proof that a checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+LEGACY_POSITIONS = ["magic", "protocol", "sys_info", "state_dict", "storage_keys"]
+
+
+@pytest.mark.parametrize("position", [*LEGACY_POSITIONS, "zip_data_pkl"])
+def test_no_pickle_position_of_a_checkpoint_runs_code(tmp_path, position):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    if position == "zip_data_pkl":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", pickle.dumps(_Payload(marker), protocol=2))
+    else:
+        fields = {"magic": LEGACY_MAGIC, "protocol": 1001, "sys_info": {"little_endian": True},
+                  "state_dict": collections.OrderedDict(), "storage_keys": []}
+        fields[position] = _Payload(marker)
+        with open(path, "wb") as f:
+            for name in LEGACY_POSITIONS:
+                pickle.dump(fields[name], f, protocol=2)
+    with pytest.raises((pickle.UnpicklingError, ValueError)):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip"])
+@pytest.mark.parametrize(
+    "view",
+    [("0", 0, (3, 5), (4, 1)), ("0", 10, (3,), (1,)), ("0", 0, (2, 2), (100, 1)), ("0", -1, (2,), (1,))],
+    ids=["size", "offset", "stride", "negative"],
+)
+def test_tensor_views_past_their_storage_are_refused(tmp_path, monkeypatch, fmt, view):
+    path = tmp_path / "w.pth"
+    _write_checkpoint(path, {"a": view}, {"0": np.arange(12, dtype=np.float32)}, fmt, monkeypatch)
+    monkeypatch.delitem(sys.modules, "torch")
+    with pytest.raises(ValueError, match="tensor view"):
+        load_state_dict(path)
+
+
 def test_checkpoint_cannot_run_code(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
