@@ -202,6 +202,15 @@ class Settings(BaseSettings):
                     for k, x in v.items()}
         return v
 
+    @field_validator("image_allowed_hosts")
+    @classmethod
+    def _allow_entries_parse(cls, v: list[str]):  # hard-fetch: a bad "host:port" fails at start-up
+        from consumer.allowlist import AllowRule
+
+        for entry in v:
+            AllowRule.parse(entry)
+        return v
+
     @field_validator("artifact_dir")
     @classmethod
     def _artifact_exists(cls, v: Path | None):

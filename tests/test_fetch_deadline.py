@@ -117,6 +117,8 @@ def test_allow_list_entries_parse(entry, rule):
 def test_bad_port_in_allow_list_entry_is_an_error():
     with pytest.raises(ValueError, match="bad port"):
         AllowRule.parse("images.local:http")
+    with pytest.raises(ValueError, match="bad port"):  # at start-up, before any model loads
+        Settings(image_allowed_hosts=["127.0.0.1:99999"])
 
 
 def test_only_ports_80_and_443_unless_an_entry_names_the_port():
