@@ -100,18 +100,37 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             return _fail(f"configuration error: {exc}", 2)
         except StartupError as exc:  # librdkafka's text is quoted: scrub it like a log line
             return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
+        from consumer.metrics import Metrics, serve
+        from consumer.reload import ModelReloader
         from consumer.service import Service
 
+        # ops-metrics: the probes answer (alive, not ready) while the models load; SIGHUP reloads them.
+        metrics = Metrics(stall_s=settings.liveness_stall_s)
+        try:
+            server = serve(metrics, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
+        except OSError as exc:
+            return _fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror}", 1)
+        pointer = settings.resolved_artifact_dir if settings.artifact_dir is not None else None
+        reloader = ModelReloader(lambda: load(settings), pointer, settings.reload_poll_s, metrics)
+        signal.signal(signal.SIGHUP, lambda *_: reloader.request())  # one during start-up reloads after it
         try:
             model = load(settings)
         except Exception as exc:  # a damaged artifact: one JSON log line (traceback inside), not a bare traceback
             log.error("models could not be loaded", artifact=str(settings.resolved_artifact_dir()),
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
             return 1
-        service = Service(settings, model, max_events=args.max_events, idle_exit_s=args.idle_exit_seconds)
+        metrics.set_model(model)
+        reloader.start()
+        service = Service(settings, model, max_events=args.max_events, idle_exit_s=args.idle_exit_seconds,
+                          metrics=metrics, reloader=reloader)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: service.stop())
-        return service.run()
+        try:
+            return service.run()
+        finally:
+            reloader.close()
+            if server is not None:
+                server.shutdown()
 
     if args.command == "replay":
         from consumer.replay import replay

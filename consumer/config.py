@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -215,23 +216,34 @@ class Settings(BaseSettings):
     @classmethod
     def _artifact_exists(cls, v: Path | None):
         if v is not None:
-            if not v.is_dir():
-                raise ValueError(f"folder {v} does not exist")
-            if not (v / "manifest.json").is_file():
-                raise ValueError(f"{v} has no manifest.json (not a trained artifact folder)")
+            try:  # ops-metrics: a symlink or a pointer file naming the folder is accepted too
+                target = resolve_artifact_pointer(v)
+            except OSError as exc:
+                raise ValueError(f"artifact pointer {v} is unreadable: {exc.strerror}") from None
+            shown = v if target == v.resolve() else f"{target} (named by {v})"
+            if not target.is_dir():
+                raise ValueError(f"folder {shown} does not exist")
+            if not (target / "manifest.json").is_file():
+                raise ValueError(f"{shown} has no manifest.json (not a trained artifact folder)")
         return v
+
+    # Operations (ops-metrics): Prometheus /metrics, /healthz, /readyz on one port; model reload.
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns the HTTP endpoint off")
+    metrics_host: str = "0.0.0.0"  # probes and scrapers come from outside the container/pod
+    stats_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics (consumer lag); 0: off")
+    liveness_stall_s: float = Field(120.0, gt=0, description="/healthz fails when a loop is stuck longer")
+    reload_poll_s: float = Field(5.0, ge=0, description="how often the artifact pointer is checked; 0: SIGHUP only")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, _FileSource(settings_cls), file_secret_settings)
 
     def resolved_artifact_dir(self) -> Path:
+        """SHELVER_ARTIFACT_DIR (a folder, a symlink to one, or a pointer file naming one), else the
+        newest artifact by its manifest's ``created_at`` (folder names do not sort by age)."""
         if self.artifact_dir is not None:
-            return Path(self.artifact_dir)
-        candidates = sorted(p for p in DEFAULT_ARTIFACTS.iterdir() if (p / "manifest.json").exists())
-        if not candidates:
-            raise FileNotFoundError(f"no trained artifact under {DEFAULT_ARTIFACTS}; run `shelver train`")
-        return candidates[-1]
+            return resolve_artifact_pointer(Path(self.artifact_dir))
+        return newest_artifact(DEFAULT_ARTIFACTS)
 
     def kafka_common(self) -> dict[str, str]:
         """librdkafka config shared by consumers, producers and the admin client."""
@@ -349,4 +361,31 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(out)
 
 
-__all__ = ["Settings", "REPO_ROOT", "ConfigError", "load_settings", "unknown_env_vars", "mask_url", "mask_options"]
+def resolve_artifact_pointer(path: Path) -> Path:
+    """A pointer file holds one line: the artifact folder (relative paths from the file's folder).
+    Symlinks are resolved, so a swapped link is seen as a new target."""
+    if path.is_file():
+        target = Path(path.read_text().strip())
+        path = target if target.is_absolute() else path.parent / target
+    return path.resolve()
+
+
+def _created(folder: Path) -> float:
+    """The manifest's ``created_at`` as a POSIX time; a manifest without one counts by its file age."""
+    manifest = folder / "manifest.json"
+    try:
+        created = datetime.fromisoformat(json.loads(manifest.read_text())["created_at"])
+        return (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return manifest.stat().st_mtime
+
+
+def newest_artifact(root: Path) -> Path:
+    candidates = [p for p in root.iterdir() if (p / "manifest.json").exists()] if root.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"no trained artifact under {root}; run `shelver train`")
+    return max(candidates, key=lambda p: (_created(p), p.name))
+
+
+__all__ = ["Settings", "REPO_ROOT", "ConfigError", "load_settings", "unknown_env_vars", "mask_url", "mask_options",
+           "resolve_artifact_pointer", "newest_artifact"]

@@ -28,6 +28,7 @@ from consumer.batching import MicroBatcher, flow_control
 from consumer.config import Settings
 from consumer.kafka_io import make_consumer, make_producer
 from consumer.logs import get_logger
+from consumer.metrics import Metrics
 from models.categorizer import Categorizer
 from schemas import ProductEvent
 from schemas.wire import make_codec
@@ -62,6 +63,7 @@ class Batch:
     delivered: float = 0.0  # when the last delivery report arrived
     pending: int = 0  # delivery reports still outstanding
     stats: dict = field(default_factory=dict)
+    model: Categorizer | None = None  # scores the whole batch; a model reload swaps only between batches
 
     @property
     def decode_s(self) -> float:
@@ -82,7 +84,8 @@ class Batch:
 
 class Service:
     def __init__(self, settings: Settings, categorizer: Categorizer, fetcher=None, *,
-                 max_events: int | None = None, idle_exit_s: float | None = None, consumer_extra=None):
+                 max_events: int | None = None, idle_exit_s: float | None = None, consumer_extra=None,
+                 metrics: Metrics | None = None, reloader=None):
         from consumer.images import ImageFetcher  # the fetcher pulls in httpx; only the service needs it
 
         self.s, self.model = settings, categorizer
@@ -90,7 +93,10 @@ class Service:
         # The model's input size lets the fetcher decode big images at reduced scale (hard-fetch).
         self.fetcher = fetcher or ImageFetcher(settings, target_size=categorizer.image_size)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
-        self.consumer = make_consumer(settings, consumer_extra)
+        self.metrics, self.reloader = metrics or Metrics(stall_s=settings.liveness_stall_s), reloader
+        self.metrics.attach(self)
+        self.consumer = make_consumer(settings, {**self.metrics.consumer_config(settings.stats_interval_ms),
+                                                 **(consumer_extra or {})})
         self.producer = make_producer(settings)
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
         self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000,
@@ -143,6 +149,7 @@ class Service:
             return 0
         except BaseException as exc:
             self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+            self.metrics.pipeline_failures.inc()
             log.error("pipeline failed; exiting without committing", error=self.failure)
             if isinstance(exc, PipelineFailed):
                 return 1
@@ -176,8 +183,9 @@ class Service:
 
     def _submit(self, items: list[Item]) -> None:
         """Form a batch: DLQ its poison, start its image fetch, queue it for inference (blocks if full)."""
-        batch = Batch(self.seq, items, time.perf_counter())
+        batch = Batch(self.seq, items, time.perf_counter(), model=self.model)
         self.seq += 1
+        self.metrics.on_batch_formed(batch)
         for it in items:
             if it.error is not None:
                 self._produce(batch, self.s.dlq_topic, it.msg.key(), it.msg.value(), headers=[
@@ -190,7 +198,7 @@ class Service:
         good = batch.good
         if good:
             urls = [it.event.image_url for it in good]
-            batch.images = self.fetch_pool.submit(scoring.fetch_images, self.fetcher, self.model, urls)
+            batch.images = self.fetch_pool.submit(scoring.fetch_images, self.fetcher, batch.model, urls)
         self.inflight.append(batch)
         if not good:
             batch.emitted = time.perf_counter()
@@ -204,6 +212,9 @@ class Service:
 
     def _pump(self) -> None:
         """Serialize and produce finished batches, serve delivery reports, commit what is complete."""
+        self.metrics.heartbeats.beat()
+        if self.reloader is not None:  # batches keep the model they were formed with
+            self.model = self.reloader.swap(self.model)
         while True:
             try:
                 batch = self.done.get_nowait()
@@ -220,7 +231,7 @@ class Service:
         for it, decision, (_, image_error) in zip(batch.good, batch.decisions, images):
             msg = it.msg
             record = scoring.result(
-                it.event, decision, image_error, self.model,
+                it.event, decision, image_error, batch.model,
                 source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
                 replayed=msg.topic() == self.s.replay_topic,
             )
@@ -256,6 +267,7 @@ class Service:
         try:
             if parts:
                 self.consumer.commit(offsets=parts, asynchronous=False)
+                self.metrics.commits.inc()
         except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
             log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
         for batch in done:
@@ -264,6 +276,7 @@ class Service:
 
     def _log_batch(self, batch: Batch) -> None:
         now = time.perf_counter()
+        self.metrics.on_batch_done(batch, now)
         images, fetch_s = batch.images.result() if batch.images else ([], 0.0)
         ok = sum(1 for img, _ in images if img is not None)
         total = now - batch.started + batch.decode_s
@@ -321,6 +334,7 @@ class Service:
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         self.assignment |= {(p.topic, p.partition) for p in partitions}
+        self.metrics.on_assign(partitions)
         self.last_message = time.monotonic()  # waiting for a rebalance is not idleness
         self.assignment_changed = True
 
@@ -356,10 +370,11 @@ class Service:
     # ---- inference thread ----------------------------------------------------------------------
     def _infer_loop(self) -> None:
         while (batch := self.todo.get()) is not None:
+            self.metrics.heartbeats.inference(busy=True)  # waiting on an empty queue is not a stall
             try:
                 images, _ = batch.images.result()
                 t0 = time.perf_counter()
-                batch.decisions = self.model.categorize([scoring.text_of(i.event) for i in batch.good],
+                batch.decisions = batch.model.categorize([scoring.text_of(i.event) for i in batch.good],
                                                         [img for img, _ in images])
                 batch.infer_s = time.perf_counter() - t0
                 if len(batch.decisions) != len(batch.good):
@@ -367,3 +382,4 @@ class Service:
             except Exception as exc:
                 batch.error = f"inference failed: {type(exc).__name__}: {exc}"
             self.done.put(batch)
+            self.metrics.heartbeats.inference(busy=False)
