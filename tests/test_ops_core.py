@@ -1,0 +1,220 @@
+"""Pure parts of operations: lag parsing, probe rules, artifact choice and pointers, the reloader."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import consumer.config as config
+from consumer.config import Settings, resolve_artifact_pointer
+from consumer.metrics import Heartbeats, Metrics, image_outcome, parse_consumer_lag, readiness_problems
+from consumer.reload import ModelReloader
+
+# Shape of librdkafka's statistics JSON (trimmed): topics → partitions → consumer_lag.
+STATS = {
+    "name": "rdkafka#consumer-1",
+    "topics": {
+        "products.new": {"partitions": {
+            "0": {"partition": 0, "consumer_lag": 5, "hi_offset": 10, "committed_offset": 5},
+            "1": {"partition": 1, "consumer_lag": 0},
+            "2": {"partition": 2, "consumer_lag": -1},  # nothing committed yet: unknown
+            "-1": {"partition": -1, "consumer_lag": -1},  # librdkafka's internal UA partition
+        }},
+        "products.replay": {"partitions": {"0": {"partition": 0, "consumer_lag": 3}}},
+    },
+}
+
+
+def test_consumer_lag_is_read_per_partition_without_unknown_or_internal_ones():
+    assert parse_consumer_lag(STATS) == {("products.new", 0): 5, ("products.new", 1): 0, ("products.replay", 0): 3}
+    assert parse_consumer_lag({}) == {}
+
+
+def test_image_outcome_labels_drop_the_detail():
+    assert image_outcome("prepare_failed: OSError") == "prepare_failed"
+    assert image_outcome("timeout") == "timeout"
+    assert image_outcome(None) == image_outcome("") == "failed"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_liveness_fails_only_when_a_loop_is_stuck_longer_than_the_bound():
+    clock = Clock()
+    hb = Heartbeats(stall_s=10, clock=clock)
+    assert hb.problems() == []  # still loading: not a stall
+    hb.beat()
+    clock.t += 60  # inference idle on an empty queue the whole time: alive
+    hb.beat()
+    assert hb.problems() == []
+    hb.inference(busy=True)
+    clock.t += 9
+    hb.beat()
+    assert hb.problems() == []
+    clock.t += 2  # the batch has been in inference 11 s > 10 s
+    hb.beat()
+    assert hb.problems() == ["inference stuck on one batch for 11s"]
+    hb.inference(busy=False)
+    assert hb.problems() == []
+    clock.t += 11  # the main loop stopped beating
+    assert hb.problems() == ["main loop made no progress for 11s"]
+
+
+def test_readiness_lists_every_unmet_condition():
+    ok = dict(model_loaded=True, joined=True, failure=None, stopping=False)
+    assert readiness_problems(**ok) == []
+    assert readiness_problems(**{**ok, "model_loaded": False}) == ["models not loaded and warmed"]
+    assert readiness_problems(**{**ok, "joined": False}) == ["consumer group not joined"]
+    assert readiness_problems(**{**ok, "failure": "delivery failed"}) == ["pipeline failed: delivery failed"]
+    assert readiness_problems(**{**ok, "stopping": True}) == ["stopping"]
+
+
+def _artifact(root: Path, name: str, created: str | None, version: str | None = None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    manifest = {"version": version or name, **({"created_at": created} if created else {})}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+def test_default_artifact_is_the_newest_by_manifest_time_not_by_name(tmp_path, monkeypatch):
+    # A `shelver train` output (shelver-...) sorts before v2-... by name but is newer.
+    _artifact(tmp_path, "v2-20261124", "2026-11-24T23:39:20+00:00")
+    newest = _artifact(tmp_path, "shelver-20261125-1200", "2026-11-25T12:00:00+00:00")
+    _artifact(tmp_path, "zz-older", "2026-11-20T08:00:00+01:00")
+    (tmp_path / "not-an-artifact").mkdir()
+    monkeypatch.setattr(config, "DEFAULT_ARTIFACTS", tmp_path)
+    assert Settings().resolved_artifact_dir() == newest
+
+
+def test_artifact_without_creation_time_counts_by_its_manifest_file_age(tmp_path, monkeypatch):
+    old = _artifact(tmp_path, "b-old", None)
+    new = _artifact(tmp_path, "a-new", None)
+    os.utime(old / "manifest.json", (1_000_000, 1_000_000))
+    monkeypatch.setattr(config, "DEFAULT_ARTIFACTS", tmp_path)
+    assert Settings().resolved_artifact_dir() == new
+
+
+def test_artifact_dir_may_be_a_folder_a_symlink_or_a_pointer_file(tmp_path):
+    a = _artifact(tmp_path, "a", None)
+    b = _artifact(tmp_path, "b", None)
+    assert resolve_artifact_pointer(a) == a.resolve()
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    assert Settings(artifact_dir=link).resolved_artifact_dir() == a.resolve()
+    link.unlink()
+    link.symlink_to(b)
+    assert Settings(artifact_dir=link).resolved_artifact_dir() == b.resolve()
+    pointer = tmp_path / "serving.txt"
+    pointer.write_text("a\n")  # relative to the pointer file's folder
+    assert Settings(artifact_dir=pointer).resolved_artifact_dir() == a.resolve()
+    pointer.write_text(f"{b}\n")
+    assert Settings(artifact_dir=pointer).resolved_artifact_dir() == b.resolve()
+
+
+class Model:
+    def __init__(self, version: str):
+        self.model_version, self.taxonomy_version, self.device = version, "tax-1", "CPU"
+
+
+def _await(cond, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _info(metrics: Metrics) -> dict:
+    fam = {f.name: f for f in text_string_to_metric_families(_text(metrics))}
+    return fam["shelver_model_info"].samples[0].labels
+
+
+def _text(metrics: Metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
+
+
+def test_reload_on_request_swaps_only_when_the_main_thread_asks_and_updates_the_info_metric():
+    versions = iter(["v2", "v3"])
+    metrics = Metrics()
+    old = Model("v1")
+    metrics.set_model(old)
+    loaded = threading.Event()
+
+    def load():
+        model = Model(next(versions))
+        loaded.set()
+        return model
+
+    r = ModelReloader(load, metrics=metrics).start()
+    try:
+        assert r.swap(old) is old  # nothing asked yet
+        r.request()
+        assert loaded.wait(10)
+        _await(lambda: r._ready is not None)
+        assert _info(metrics)["model_version"] == "v1"  # loaded beside the old one, not yet serving
+        new = r.swap(old)
+        assert new.model_version == "v2" and r.swap(new) is new
+        assert _info(metrics) == {"model_version": "v2", "taxonomy_version": "tax-1", "device": "CPU"}
+        assert "shelver_model_reloads_total{result=\"ok\"} 1.0" in _text(metrics)
+    finally:
+        r.close()
+
+
+def test_failed_reload_keeps_the_old_model_and_counts_the_failure():
+    metrics = Metrics()
+    old = Model("v1")
+
+    def load():
+        raise FileNotFoundError("no manifest.json")
+
+    r = ModelReloader(load, metrics=metrics).start()
+    try:
+        r.request()
+        _await(lambda: "shelver_model_reloads_total{result=\"failed\"} 1.0" in _text(metrics))
+        assert r.swap(old) is old
+    finally:
+        r.close()
+
+
+def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
+    a, b = _artifact(tmp_path, "a", None), _artifact(tmp_path, "b", None)
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    s = Settings(artifact_dir=link)
+
+    def load():
+        return Model(json.loads((s.resolved_artifact_dir() / "manifest.json").read_text())["version"])
+
+    current = load()
+    r = ModelReloader(load, s.resolved_artifact_dir, poll_s=0.05).start()
+    try:
+        time.sleep(0.2)  # several polls with an unchanged pointer: must not reload
+        assert r.swap(current) is current
+        tmp = tmp_path / "next"
+        tmp.symlink_to(b)
+        tmp.replace(link)  # atomic repoint, as an operator would do it
+        _await(lambda: r._ready is not None)
+        assert r.swap(current).model_version == "b"
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("port", ["-1", "70000"])
+def test_metrics_port_out_of_range_is_a_configuration_error(monkeypatch, port):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("SHELVER_METRICS_PORT", port)
+    with pytest.raises(ValidationError):
+        Settings()
