@@ -12,6 +12,7 @@ Endpoints (``SHELVER_METRICS_PORT``, default 9464; 0: none): ``/metrics`` (Prome
 """
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import threading
@@ -158,8 +159,8 @@ class Metrics:
         self.joined = True
 
     def on_batch_formed(self, batch) -> None:
-        for it in batch.items:
-            self.events_consumed.labels(it.msg.topic()).inc()
+        for topic, n in collections.Counter(it.msg.topic() for it in batch.items).items():
+            self.events_consumed.labels(topic).inc(n)
         self.batch_size.observe(len(batch.items))
 
     def on_batch_done(self, batch, now: float) -> None:
@@ -170,8 +171,9 @@ class Metrics:
             if it.error is not None:
                 self.dead_letters.labels(it.error.code).inc()
         images, fetch_s = batch.images.result() if batch.images else ([], 0.0)
-        for image, image_error in images:
-            self.image_outcomes.labels("used" if image is not None else image_outcome(image_error)).inc()
+        outcomes = collections.Counter("used" if image is not None else image_outcome(error) for image, error in images)
+        for outcome, n in outcomes.items():
+            self.image_outcomes.labels(outcome).inc(n)
         stages = self.stage_seconds
         stages.labels("decode").observe(batch.decode_s)
         if good:

@@ -1,13 +1,10 @@
-"""``shelver consume`` with the small test model, for the operations tests (probes, reload).
+"""``shelver consume`` with the small test model, for the operations tests (metrics, reload).
 
-``TINY_LOAD_GATE``: loading waits until this file exists, so a test sees the service before its
-models are loaded. With ``SHELVER_ARTIFACT_DIR`` set, the model's version is the ``version`` of
-that artifact's manifest, so repointing the artifact and reloading serves another version.
+With ``SHELVER_ARTIFACT_DIR`` set, the model's version is the ``version`` of that artifact's
+manifest, so repointing the artifact and reloading serves another version.
 """
 import json
-import os
 import sys
-import time
 
 from consumer_main import SlowTiny
 
@@ -15,9 +12,6 @@ from consumer.cli import main
 
 
 def load(settings):
-    gate = os.environ.get("TINY_LOAD_GATE")
-    while gate and not os.path.exists(gate):
-        time.sleep(0.05)
     model = SlowTiny()
     if settings.artifact_dir is not None:
         manifest = json.loads((settings.resolved_artifact_dir() / "manifest.json").read_text())
