@@ -10,6 +10,7 @@ move forward. A failed load leaves the old model serving.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ class ModelReloader:
         self._wake, self._stop = threading.Event(), threading.Event()
         self._lock = threading.Lock()
         self._ready: object | None = None
+        self._load_s = 0.0  # how long loading and warming the ready model took
         self._thread = threading.Thread(target=self._run, name="model-reload", daemon=True)
 
     def start(self) -> ModelReloader:
@@ -49,7 +51,8 @@ class ModelReloader:
         if new is None:
             return current
         log.info("model swapped", old_version=getattr(current, "model_version", None),
-                 new_version=new.model_version, taxonomy_version=getattr(new, "taxonomy_version", None))
+                 new_version=new.model_version, taxonomy_version=getattr(new, "taxonomy_version", None),
+                 load_s=round(self._load_s, 1))
         if self._metrics is not None:
             self._metrics.set_model(new)
         return new
@@ -76,6 +79,7 @@ class ModelReloader:
             log.info("reloading model", reason="signal" if asked else "artifact pointer changed",
                      artifact=str(target) if target else None)
             self._target = target
+            started = time.monotonic()
             try:
                 model = self._load()
             except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop the service
@@ -86,4 +90,4 @@ class ModelReloader:
             if self._metrics is not None:
                 self._metrics.reloads.labels("ok").inc()
             with self._lock:
-                self._ready = model
+                self._ready, self._load_s = model, time.monotonic() - started

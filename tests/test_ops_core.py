@@ -1,4 +1,5 @@
-"""Pure parts of operations: lag parsing, probe rules, artifact choice and pointers, the reloader."""
+"""Pure parts of operations: lag parsing, probe rules, artifact choice and pointers, the reloader
+(and one start-up check of `shelver consume` that needs the broker)."""
 from __future__ import annotations
 
 import json
@@ -218,3 +219,24 @@ def test_metrics_port_out_of_range_is_a_configuration_error(monkeypatch, port):
     monkeypatch.setenv("SHELVER_METRICS_PORT", port)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.kafka
+def test_consume_exits_with_one_line_before_loading_models_when_the_metrics_port_is_taken(
+        monkeypatch, capsys, kafka_bootstrap, topic_factory):
+    import socket
+
+    from consumer.cli import main
+
+    for name, value in (("BOOTSTRAP_SERVERS", kafka_bootstrap), ("INPUT_TOPIC", topic_factory(1, "in")),
+                        ("OUTPUT_TOPIC", topic_factory(1, "out")), ("DLQ_TOPIC", topic_factory(1, "dlq")),
+                        ("REPLAY_TOPIC", topic_factory(1, "replay")), ("METRICS_HOST", "127.0.0.1")):
+        monkeypatch.setenv(f"SHELVER_{name}", value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("SHELVER_METRICS_PORT", str(taken.getsockname()[1]))
+        loads = []
+        rc = main(["consume"], load_categorizer=lambda settings: loads.append(settings))
+    assert rc == 1 and loads == []
+    assert capsys.readouterr().err.startswith("shelver: cannot serve metrics on 127.0.0.1:")
