@@ -170,7 +170,7 @@ class BlockingTiny(TinyCategorizer):
 
 @pytest.mark.slow
 def test_healthz_fails_while_inference_is_stuck_and_recovers_when_it_moves(settings, image_base):
-    s = settings(liveness_stall_s=2.0)
+    s = settings(liveness_stall_s=3.0)
     model = BlockingTiny()
     metrics = Metrics(stall_s=s.liveness_stall_s)
     metrics.set_model(model)
