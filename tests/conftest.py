@@ -11,6 +11,11 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parent.parent
+
+# ops-metrics: `shelver consume` serves /metrics, /healthz, /readyz on 9464 by default; the tests
+# that start it (several at once, and other suites on the same machine) must not fight over that
+# port. Tests of the endpoint pass their own free port.
+os.environ.setdefault("SHELVER_METRICS_PORT", "0")
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 
 
