@@ -230,8 +230,8 @@ class _StateCollector:
         inflight = GaugeMetricFamily("shelver_batches_in_flight", "Batches formed and not yet committed")
         inflight.add_metric([], len(getattr(svc, "inflight", ()) or ()))
         yield inflight
-        paused = GaugeMetricFamily("shelver_paused_partitions", "Partitions paused by back-pressure")
-        paused.add_metric([], len(assigned) if getattr(svc, "paused", False) else 0)
+        paused = GaugeMetricFamily("shelver_paused_partitions", "Partitions paused by flow control (enough of theirs held)")
+        paused.add_metric([], len(getattr(svc, "paused", None) or ()))  # the service rebinds a new set: len is safe
         yield paused
 
 

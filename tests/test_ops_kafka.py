@@ -176,7 +176,8 @@ def test_healthz_fails_while_inference_is_stuck_and_recovers_when_it_moves(setti
     metrics.set_model(model)
     server = serve(metrics, "127.0.0.1", 0)
     health = f"http://127.0.0.1:{server.server_address[1]}/healthz"
-    svc = Service(s, model, metrics=metrics, max_events=4)
+    port = server.server_address[1]
+    svc = Service(s, model, metrics=metrics, max_events=124)
     t = threading.Thread(target=lambda: setattr(svc, "rc", svc.run()), daemon=True)
     try:
         t.start()
@@ -186,6 +187,10 @@ def test_healthz_fails_while_inference_is_stuck_and_recovers_when_it_moves(setti
         code, body = wait_for(lambda: (r := http_get(health))[0] == 503 and r, what="liveness failure")
         problems = json.loads(body)["problems"]
         assert len(problems) == 1 and problems[0].startswith("inference stuck on one batch")  # main loop alive
+        # Events keep arriving while inference is stuck: flow control pauses the partitions.
+        publish(s, make_events(120, image_base, "more"))
+        wait_for(lambda: sum(v for _, v in scrape(port, "shelver_paused_partitions")) > 0, what="paused partitions")
+        assert sum(v for _, v in scrape(port, "shelver_batches_in_flight")) >= 1
         model.release.set()
         wait_for(lambda: http_get(health)[0] == 200 or not t.is_alive(), what="liveness recovery")
         t.join(60)
