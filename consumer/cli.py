@@ -1,4 +1,4 @@
-"""``shelver``: consume, replay, produce-sample, show, categorize (no Kafka), train, evaluate."""
+"""``shelver``: consume, replay, produce-sample, show, categorize (no Kafka), doctor, train, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -36,8 +36,35 @@ def _timestamp(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the package and the artifact it would serve, worked out only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and the artifact, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("shelver")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        package = "unknown (not installed)"
+    try:
+        artifact_dir = Settings().resolved_artifact_dir()
+        artifact = json.loads((artifact_dir / "manifest.json").read_text())["version"]
+    except Exception as exc:  # noqa: BLE001 - --version must print even when the configuration is broken
+        artifact = f"unavailable ({type(exc).__name__})"
+    return f"shelver {package} (artifact {artifact}; Python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelver", description=__doc__)
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("consume", help="run the consumer until SIGTERM/SIGINT")
@@ -64,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--input", required=True, help="file, or - for stdin")
     k.add_argument("--output", required=True, help="file, or - for stdout")
 
+    d = sub.add_parser("doctor", help="check configuration, broker, topics, artifact, allow-list and device")
+    d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    d.add_argument("--skip-artifact", action="store_true", help="skip loading the artifact and TensorFlow")
+
     for name in ("train", "evaluate"):
         sub.add_parser(name, help=f"see `shelver {name} -- --help`", add_help=False)
     return p
@@ -75,10 +106,19 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
     if argv and argv[0] in ("train", "evaluate"):
         import importlib
 
-        importlib.import_module(f"training.{argv[0]}").main(argv[1:])
+        try:
+            module = importlib.import_module(f"training.{argv[0]}")
+        except ModuleNotFoundError as exc:  # a runtime-only install (the Docker image, `pip install shelver`)
+            raise SystemExit(f"shelver {argv[0]} needs the training dependencies ({exc.name} is missing): "
+                             "pip install 'shelver[train]'") from None
+        module.main(argv[1:])
         return 0
 
     args = _parser().parse_args(argv)
+    if args.command == "doctor":  # before the settings load: a configuration error is one of its findings
+        from consumer.doctor import main as doctor
+
+        return doctor(args.timeout, args.skip_artifact)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -138,7 +178,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         if not (args.to or settings.replay_topic):
             raise SystemExit("no target topic: pass --to or set SHELVER_REPLAY_TOPIC")
         n = replay(settings, args.source or settings.input_topic, args.since, args.until,
-                   args.to or settings.replay_topic)
+                   args.to or settings.replay_topic, show_progress=True)
         print(json.dumps({"replayed": n}))
         return 0
 

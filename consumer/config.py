@@ -21,7 +21,6 @@ import difflib
 import json
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -30,8 +29,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARTIFACTS = REPO_ROOT / "models" / "artifacts"
+# Paths are defined once, in models.paths (ops-pack); re-exported here for existing callers.
+from models.paths import ARTIFACTS_DIR as DEFAULT_ARTIFACTS
+from models.paths import REPO_ROOT, newest_artifact
 
 ENV_PREFIX = "SHELVER_"
 # SHELVER_* variables that are not settings: read by the CLI, scripts, training code and tests.
@@ -368,23 +368,6 @@ def resolve_artifact_pointer(path: Path) -> Path:
         target = Path(path.read_text().strip())
         path = target if target.is_absolute() else path.parent / target
     return path.resolve()
-
-
-def _created(folder: Path) -> float:
-    """The manifest's ``created_at`` as a POSIX time; a manifest without one counts by its file age."""
-    manifest = folder / "manifest.json"
-    try:
-        created = datetime.fromisoformat(json.loads(manifest.read_text())["created_at"])
-        return (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).timestamp()
-    except (OSError, ValueError, KeyError, TypeError):
-        return manifest.stat().st_mtime
-
-
-def newest_artifact(root: Path) -> Path:
-    candidates = [p for p in root.iterdir() if (p / "manifest.json").exists()] if root.is_dir() else []
-    if not candidates:
-        raise FileNotFoundError(f"no trained artifact under {root}; run `shelver train`")
-    return max(candidates, key=lambda p: (_created(p), p.name))
 
 
 __all__ = ["Settings", "REPO_ROOT", "ConfigError", "load_settings", "unknown_env_vars", "mask_url", "mask_options",

@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_END, KafkaError, TopicPartition
 from consumer.config import Settings
 from consumer.kafka_io import make_consumer, make_producer
 from consumer.logs import get_logger
+from consumer.progress import progress
 
 log = get_logger("shelver.replay")
 
@@ -31,7 +32,8 @@ def _offsets_at(consumer, topic: str, partitions: list[int], t: datetime | None)
     return {tp.partition: ends[tp.partition] if tp.offset in (-1, OFFSET_END) else tp.offset for tp in found}
 
 
-def replay(settings: Settings, source_topic: str, since: datetime, until: datetime | None, to_topic: str) -> int:
+def replay(settings: Settings, source_topic: str, since: datetime, until: datetime | None, to_topic: str,
+           show_progress: bool = False) -> int:
     """Copy records with since <= timestamp < until (or up to the end at start); returns how many."""
     # A throwaway group that never commits: replay must not move the service's own offsets.
     # partition EOF also ends a partition whose last offsets are transaction markers (never delivered).
@@ -49,6 +51,8 @@ def replay(settings: Settings, source_topic: str, since: datetime, until: dateti
         todo = {p: stop[p] for p in partitions if start[p] < stop[p]}
         consumer.assign([TopicPartition(source_topic, p, start[p]) for p in todo])
         copied = 0
+        # An upper bound: transaction markers take offsets too and are never delivered.
+        bar = progress(sum(todo[p] - start[p] for p in todo), f"replay {source_topic}", "record", enabled=show_progress)
         while todo:
             for msg in consumer.consume(500, 1.0):
                 if msg.error() and msg.error().code() == KafkaError._PARTITION_EOF:
@@ -69,8 +73,10 @@ def replay(settings: Settings, source_topic: str, since: datetime, until: dateti
                         producer.poll(0.1)
                 producer.poll(0)
                 copied += 1
+                bar.update(1)
                 if msg.offset() + 1 >= todo[p]:
                     del todo[p]
+        bar.close()
         if producer.flush(30) or failures:
             raise RuntimeError(f"replay delivery failed: {failures[:3] or 'flush timed out'}")
         log.info("replayed", source=source_topic, to=to_topic, records=copied)

@@ -8,20 +8,24 @@ server up (``--serve-seconds``) until the consumer has fetched them.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
+import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 
 from consumer.config import Settings
 from consumer.kafka_io import make_producer
 from consumer.logs import get_logger
+from consumer.progress import progress
+from models.paths import DEFAULT_CATALOGUE_DIR
 from schemas import ProductEvent
 from schemas.wire import make_codec
 
@@ -48,46 +52,107 @@ def serve_directory(root: Path) -> Iterator[str]:
         server.server_close()
 
 
-def sample_events(catalogue: pd.DataFrame, base_url: str, count: int, seed: int = 0) -> list[ProductEvent]:
-    """``count`` distinct products chosen with a seeded RNG; the label columns are not included."""
-    rows = catalogue.iloc[np.random.default_rng(seed).choice(len(catalogue), min(count, len(catalogue)), replace=False)]
+@dataclass(frozen=True)
+class CatalogueItem:
+    """The columns of a catalogue row that a sample event needs (no labels)."""
+
+    id: int
+    productDisplayName: str  # noqa: N815 - the catalogue's column names, as training.data's rows have them
+    image_path: str
+    gender: str
+    baseColour: str  # noqa: N815
+
+
+def catalogue_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The catalogue folder: explicit argument, else SHELVER_DATA_DIR, else ../shared/data/..."""
+    path = Path(explicit or os.environ.get("SHELVER_DATA_DIR") or DEFAULT_CATALOGUE_DIR)
+    if not (path / "styles.csv").exists():
+        raise FileNotFoundError(
+            f"no catalogue at {path}: expected styles.csv and images/<id>.jpg "
+            "(the Kaggle fashion-product-images-small layout); set SHELVER_DATA_DIR or pass --data"
+        )
+    return path
+
+
+def read_catalogue(path: str | os.PathLike | None = None) -> list[CatalogueItem]:
+    """styles.csv rows that have an image, in file order, read with the csv module.
+
+    The same rows as ``training.data.load_catalogue`` (malformed lines skipped, rows without an
+    image dropped) so a seed picks the same products, but without pandas: the service's install
+    has no training dependencies.
+    """
+    root = catalogue_dir(path)
+    items = []
+    with open(root / "styles.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        col = {name: i for i, name in enumerate(header)}
+        for row in reader:
+            if len(row) != len(header):  # pandas' on_bad_lines="skip": titles with unquoted commas
+                continue
+            image = root / "images" / f"{row[col['id']]}.jpg"
+            if image.exists():
+                items.append(CatalogueItem(int(row[col["id"]]), row[col["productDisplayName"]], str(image),
+                                           row[col["gender"]], row[col["baseColour"]]))
+    return items
+
+
+def sample_events(catalogue: Sequence[Any], base_url: str, count: int, seed: int = 0) -> list[ProductEvent]:
+    """``count`` distinct products chosen with a seeded RNG; the label columns are not included.
+
+    ``catalogue``: ``read_catalogue``'s items or a DataFrame with the same columns.
+    """
+    chosen = np.random.default_rng(seed).choice(len(catalogue), min(count, len(catalogue)), replace=False)
+    rows = catalogue.iloc[chosen].itertuples() if hasattr(catalogue, "iloc") else [catalogue[i] for i in chosen]
     now = datetime.now(timezone.utc)
     return [
         ProductEvent(
             product_id=str(r.id),
-            title=r.productDisplayName,
+            title=_text(r.productDisplayName),
             image_url=f"{base_url}/{Path(r.image_path).name}",
             marketplace="sample",
             event_time=now,
-            attributes={"gender": str(r.gender), "colour": str(r.baseColour)},
+            attributes={k: _text(v) for k, v in (("gender", r.gender), ("colour", r.baseColour)) if _text(v)},
         )
-        for r in rows.itertuples()
+        for r in rows
     ]
 
 
-def publish(settings: Settings, events: list[ProductEvent], topic: str | None = None) -> int:
+def _text(value: Any) -> str:
+    """A cell as text; pandas' NaN (an empty cell) is the empty string."""
+    return "" if value is None or value != value else str(value)
+
+
+def publish(settings: Settings, events: list[ProductEvent], topic: str | None = None, show_progress: bool = False) -> int:
     """Encode with the configured wire format and produce keyed by product_id; raises on any failure."""
     topic = topic or settings.input_topic
     codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
     producer = make_producer(settings)
     failures: list[str] = []
-    for ev in events:
-        producer.produce(topic, codec.encode(ev.to_avro(), "product_event", topic), ev.product_id.encode(),
-                         on_delivery=lambda err, _: err and failures.append(str(err)))
-        producer.poll(0)
-    if producer.flush(30) or failures:
-        raise RuntimeError(f"sample delivery failed: {failures[:3] or 'flush timed out'}")
+    delivered = progress(len(events), "produce-sample", "event", enabled=show_progress)
+
+    def on_delivery(err, _msg):
+        if err:
+            failures.append(str(err))
+        else:
+            delivered.update(1)
+
+    with delivered:
+        for ev in events:
+            producer.produce(topic, codec.encode(ev.to_avro(), "product_event", topic), ev.product_id.encode(),
+                             on_delivery=on_delivery)
+            producer.poll(0)
+        if producer.flush(30) or failures:
+            raise RuntimeError(f"sample delivery failed: {failures[:3] or 'flush timed out'}")
     return len(events)
 
 
 def produce_sample(settings: Settings, count: int = 200, data: str | None = None, seed: int = 0,
-                   serve_seconds: float = 0.0) -> int:
-    from training.data import data_dir, load_catalogue
-
-    root = data_dir(data)  # clear FileNotFoundError when the catalogue is missing
-    catalogue = load_catalogue(root)
+                   serve_seconds: float = 0.0, show_progress: bool = True) -> int:
+    root = catalogue_dir(data)  # clear FileNotFoundError when the catalogue is missing
+    catalogue = read_catalogue(root)
     with serve_directory(root / "images") as base_url:
-        n = publish(settings, sample_events(catalogue, base_url, count, seed))
+        n = publish(settings, sample_events(catalogue, base_url, count, seed), show_progress=show_progress)
         log.info("sample published", events=n, topic=settings.input_topic, images=base_url,
                  serve_seconds=serve_seconds)
         time.sleep(serve_seconds)

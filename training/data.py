@@ -14,19 +14,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
-# machine finds it at the workspace's fixed location instead.
-SHARED_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+from models.paths import DEFAULT_CATALOGUE_DIR as DEFAULT_DATA_DIR
+from models.paths import LABELS_DIR, MARKETPLACE_DIR, REPO_ROOT, SHARED_DATA_DIRS  # noqa: F401 - re-exported
 
-
-def _shared(name: str) -> Path:
-    return next((d / name for d in SHARED_DATA_DIRS if (d / name).exists()), SHARED_DATA_DIRS[0] / name)
-
-
-DEFAULT_DATA_DIR = _shared("fashion-product-images-small")
-MARKETPLACE_DIR = _shared("target-marketplace")
-ARTICLE_TYPE_TO_TARGET = REPO_ROOT / "training" / "labels" / "article_type_to_target.yaml"
+ARTICLE_TYPE_TO_TARGET = LABELS_DIR / "article_type_to_target.yaml"
 
 # Rare articleTypes are merged by target category (see `label_space`); a merged group that
 # still has fewer products than this is dropped from the source label space.
@@ -89,6 +80,16 @@ def label_space(df: pd.DataFrame, targets: dict[str, str], min_count: int = DEFA
     keep = {label for label, n in pooled.items() if n >= min_count}
     article_to_label = {a: lab for a, lab in article_to_label.items() if lab in keep}
     return LabelSpace(labels=tuple(sorted(keep)), article_to_label=article_to_label)
+
+
+def subsample(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Row mask keeping at most ``per_class`` rows of each class (smoke runs)."""
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(y), bool)
+    for c in np.unique(y[y >= 0]):
+        idx = np.flatnonzero(y == c)
+        keep[rng.permutation(idx)[:per_class]] = True
+    return keep
 
 
 def split(df: pd.DataFrame, y: np.ndarray, holdout: float = 0.15, seed: int = 13) -> tuple[np.ndarray, np.ndarray]:

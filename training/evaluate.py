@@ -12,35 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
-from consumer.config import Settings
 from models import kl
 from models.artifact import load_categorizer
+from models.paths import REPORTS_DIR, newest_artifact
 from training import baseline, data
-from training.image_features import extract_features, load_pixels
+from training.image_features import extract_features, image_probabilities
 from training.marketplace_eval import UNLABELABLE, dev_split, load_dev
 from training.metrics import source_metrics, target_metrics
 from training.train_image import train_head
 from training.train_text import train_text_model
-
-
-def image_probabilities(predict, image_size, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """An image model (``predict``: uint8 batch → probabilities) on decoded pixels, decoding overlapped."""
-    out = []
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(2) as pool, tqdm(total=len(paths), desc="image model", unit="img") as bar:
-        decoded = pool.map(lambda b: np.stack([load_pixels(p, image_size) for p in b]), batches)
-        for pixels in decoded:
-            out.append(np.asarray(predict(tf.constant(pixels))))
-            bar.update(len(pixels))
-    return np.concatenate(out)
 
 
 def run_original_method(df, y_sub, subs, train_idx, rows, image_size, targets, market_texts, seed=13) -> dict:
@@ -72,17 +58,16 @@ def parse_args(argv):
     ap.add_argument("--per-class", type=int, default=0, help="cap rows per class, as in a smoke training")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-marketplace", action="store_true")
-    ap.add_argument("--report-dir", type=Path, default=data.REPO_ROOT / "reports")
+    ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from training.report import write_report
-    from training.train import _subsample
 
     args = parse_args(argv)
     started = time.time()
-    artifact_dir = args.artifact or Settings().resolved_artifact_dir()
+    artifact_dir = args.artifact or newest_artifact()
     cat = load_categorizer(artifact_dir)
     manifest = cat.artifact.manifest
     targets = list(cat.artifact.targets)
@@ -92,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     df = data.load_catalogue(args.data)
     y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
-    keep = (y >= 0) & (_subsample(y, args.per_class, 13) if args.per_class else True)
+    keep = (y >= 0) & (data.subsample(y, args.per_class, 13) if args.per_class else True)
     df, y = df[keep].reset_index(drop=True), y[keep]
     train_idx, heldout_idx = data.split(df, y)
     rows = heldout_idx if args.split == "heldout" else np.arange(len(df))

@@ -12,6 +12,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,8 +21,8 @@ from tqdm import tqdm
 
 from models.efficientnet_lite import checkpoint_path
 from models.image import DEFAULT_BACKBONE, build_backbone, prepare_image
+from models.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Bump when prepare_image or the backbone graph changes in a way that alters features.
 FEATURE_VERSION = 1
 
@@ -103,3 +104,15 @@ def extract_features(
     np.save(tmp, features)
     os.replace(tmp, file)
     return features
+
+
+def image_probabilities(predict, image_size, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """An image model (``predict``: uint8 batch → probabilities) on decoded pixels, decoding overlapped."""
+    out = []
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(2) as pool, tqdm(total=len(paths), desc="image model", unit="img") as bar:
+        decoded = pool.map(lambda b: np.stack([load_pixels(p, image_size) for p in b]), batches)
+        for pixels in decoded:
+            out.append(np.asarray(predict(tf.constant(pixels))))
+            bar.update(len(pixels))
+    return np.concatenate(out)

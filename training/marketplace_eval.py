@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from models import kl
+from models.paths import DEFAULT_TAXONOMY, LABELS_DIR
 from models.taxonomy import Taxonomy, build_projections, choose_categories, load_taxonomy, mapped_classes
 from models.text import normalize
 from models.text_model import TextModel
@@ -33,8 +34,8 @@ from training import baseline, data
 from training.metrics import target_metrics
 from training.train_text import INITS, train_text_model
 
-DEV_LABELS = data.REPO_ROOT / "training" / "labels" / "marketplace_dev.csv"
-TAXONOMY = data.REPO_ROOT / "models" / "taxonomies" / "marketplace.yaml"
+DEV_LABELS = LABELS_DIR / "marketplace_dev.csv"
+TAXONOMY = DEFAULT_TAXONOMY
 UNLABELABLE = "UNLABELABLE"
 SPLIT_SEED = 2024
 

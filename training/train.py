@@ -23,27 +23,17 @@ import tensorflow as tf
 from models import kl
 from models.artifact import Artifact
 from models.image import DEFAULT_BACKBONE, IMAGE_SIZE, build_image_classifier
+from models.paths import ARTIFACTS_DIR, REPORTS_DIR
 from models.taxonomy import build_projections, load_taxonomy
 from training import data
-from training.image_features import extract_features
+from training.image_features import extract_features, image_probabilities
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
-from training.evaluate import image_probabilities
 from training.train_image import fine_tune, train_head
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_IMAGE_SIZE = IMAGE_SIZE
-ARTIFACTS = data.REPO_ROOT / "models" / "artifacts"
-
-
-def _subsample(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Row mask keeping at most ``per_class`` rows of each class (smoke runs)."""
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(len(y), bool)
-    for c in np.unique(y[y >= 0]):
-        idx = np.flatnonzero(y == c)
-        keep[rng.permutation(idx)[:per_class]] = True
-    return keep
+ARTIFACTS = ARTIFACTS_DIR
 
 
 def _softmax_head(features: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
@@ -82,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="add horizontal-flip feature rows (measured: +0.1 point at 192x144, doubles extraction)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--taxonomy", type=Path, default=TAXONOMY)
-    ap.add_argument("--report-dir", type=Path, default=data.REPO_ROOT / "reports")
+    ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     ap.add_argument("--no-evaluate", action="store_true")
     return ap.parse_args(argv)
 
@@ -98,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     mapping = data.article_type_targets()
     space = data.label_space(df, mapping)
     y = space.encode(df["articleType"])
-    keep = (y >= 0) & (_subsample(y, args.per_class, args.seed) if args.per_class else True)
+    keep = (y >= 0) & (data.subsample(y, args.per_class, args.seed) if args.per_class else True)
     df, y = df[keep].reset_index(drop=True), y[keep]
     train_idx, test_idx = data.split(df, y)
     fit_rel, val_rel = data.split(df.iloc[train_idx].reset_index(drop=True), y[train_idx], holdout=0.1, seed=args.seed + 1)

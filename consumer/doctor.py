@@ -1,0 +1,209 @@
+"""``shelver doctor``: check a deployment's configuration before (or instead of) starting it.
+
+One table, one verdict per line (``ok``, ``warn``, ``FAIL``), exit status 1 when any line
+fails. It runs the checks a first batch would otherwise trip over, each reported on its own
+rather than stopping at the first: the settings, the broker, the four topics, the artifact
+(it loads, and its label space agrees with its projections), the image allow-list and the
+device TensorFlow will use. Read-only: it creates no topic and joins no group.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Sequence
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+# Same list as consumer.images.METADATA_ADDRESSES: the fetcher refuses these even when allow-listed.
+_METADATA = ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$",
+                       re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: str  # OK, WARN or FAIL
+    detail: str
+
+
+def format_table(checks: Sequence[Check]) -> str:
+    width = max([len("check"), *(len(c.name) for c in checks)])
+    lines = [f"{'check':<{width}}  verdict  detail", f"{'-' * width}  -------  {'-' * 40}"]
+    lines += [f"{c.name:<{width}}  {c.verdict:<7}  {c.detail}" for c in checks]
+    return "\n".join(lines)
+
+
+def exit_code(checks: Sequence[Check]) -> int:
+    return 1 if any(c.verdict == FAIL for c in checks) else 0
+
+
+# ---- pure checks ---------------------------------------------------------------------------
+
+
+def check_topics(wanted: dict[str, str | None], found: dict[str, int | str]) -> list[Check]:
+    """``wanted``: role → topic name (None: disabled); ``found``: topic → partition count or an error."""
+    checks = []
+    for role, name in wanted.items():
+        label = f"topic {role}"
+        if not name:
+            checks.append(Check(label, OK, "disabled"))
+        elif name not in found:
+            checks.append(Check(label, FAIL, f"{name}: does not exist (create it: python -m consumer.admin)"))
+        elif isinstance(found[name], str):
+            checks.append(Check(label, FAIL, f"{name}: {found[name]}"))
+        else:
+            n = int(found[name])
+            extra = f" (at most {n} instances get partitions)" if role == "input" else ""
+            checks.append(Check(label, OK if n > 0 else FAIL, f"{name}: {n} partition{'s' * (n != 1)}{extra}"))
+    return checks
+
+
+def check_label_space(labels: Sequence[str], text_labels: Sequence[str], image_outputs: int,
+                      projections_shape: tuple[int, int], targets: Sequence[str],
+                      taxonomy_targets: Sequence[str], fallback: str) -> Check:
+    """The artifact's parts agree: both models over the manifest's labels, q[T, S] over those
+    labels and the taxonomy's categories, and the fallback category is one of them."""
+    problems = []
+    if list(text_labels) != list(labels):
+        problems.append("text model labels differ from the manifest")
+    if image_outputs != len(labels):
+        problems.append(f"image model has {image_outputs} outputs for {len(labels)} labels")
+    if tuple(projections_shape) != (len(targets), len(labels)):
+        problems.append(f"projections are {projections_shape[0]}x{projections_shape[1]}, "
+                        f"expected {len(targets)} categories x {len(labels)} labels")
+    if list(targets) != list(taxonomy_targets):
+        problems.append("projection categories differ from the artifact's taxonomy")
+    if fallback not in targets:
+        problems.append(f"fallback category {fallback!r} is not a category")
+    if problems:
+        return Check("label space", FAIL, "; ".join(problems))
+    return Check("label space", OK, f"{len(labels)} source labels -> {len(targets)} categories")
+
+
+def check_allow_list(entries: Sequence[str]) -> Check:
+    """Entries the fetcher would read as IPs/CIDRs or hostnames; wide or useless ones are warned."""
+    if not entries:
+        return Check("image allow-list", OK, "empty: only public addresses are fetched")
+    bad, wide, useless = [], [], []
+    for entry in entries:
+        text = entry.strip()
+        try:
+            net = ip_network(text, strict=False)
+        except ValueError:
+            if not _HOSTNAME.match(text):
+                bad.append(entry)
+            continue
+        if net.prefixlen < (8 if net.version == 4 else 32):
+            wide.append(text)
+        if net.num_addresses == 1 and str(net.network_address) in _METADATA:
+            useless.append(text)
+    if bad:
+        return Check("image allow-list", FAIL, f"not a host, IP or CIDR: {', '.join(map(repr, bad))}")
+    notes = []
+    if wide:
+        notes.append(f"very wide ranges open the SSRF guard: {', '.join(wide)}")
+    if useless:
+        notes.append(f"no effect, metadata addresses stay refused: {', '.join(useless)}")
+    return Check("image allow-list", WARN if notes else OK,
+                 "; ".join(notes) if notes else f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
+                 + ", ".join(e.strip() for e in entries))
+
+
+# ---- adapters --------------------------------------------------------------------------------
+
+
+def _quiet_logger() -> logging.Logger:
+    """librdkafka's own connection errors would interleave with the table; the check reports them."""
+    logger = logging.getLogger("shelver.doctor.librdkafka")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+def check_broker_and_topics(settings, timeout_s: float) -> list[Check]:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**settings.kafka_common(), "logger": _quiet_logger()})
+    wanted = {"input": settings.input_topic, "replay": settings.replay_topic,
+              "output": settings.output_topic, "dead letters": settings.dlq_topic}
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        return [Check("broker", FAIL, f"{settings.bootstrap_servers}: {reason}")] + [
+            Check(f"topic {role}", FAIL, f"{name}: not checked, broker unreachable") if name
+            else Check(f"topic {role}", OK, "disabled") for role, name in wanted.items()]
+    broker = Check("broker", OK, f"{settings.bootstrap_servers}: {len(meta.brokers)} broker(s), "
+                                 f"cluster {meta.cluster_id}")
+    found: dict[str, int | str] = {}
+    for name, topic in meta.topics.items():
+        found[name] = str(topic.error) if topic.error is not None else len(topic.partitions)
+    return [broker, *check_topics(wanted, found)]
+
+
+def check_artifact(settings) -> list[Check]:
+    """Loads the artifact as ``shelver consume`` does (TensorFlow, warm-up) and checks its parts."""
+    try:
+        directory = settings.resolved_artifact_dir()
+        from models.artifact import load_categorizer
+        from models.taxonomy import load_taxonomy
+
+        cat = load_categorizer(directory, image_weight=settings.image_weight,
+                               abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        return [Check("artifact", FAIL, f"{type(exc).__name__}: {exc}")]
+    art = cat.artifact
+    taxonomy_file = Path(directory) / "taxonomy.yaml"
+    taxonomy_targets = load_taxonomy(taxonomy_file).targets if taxonomy_file.exists() else art.targets
+    return [
+        Check("artifact", OK, f"{art.manifest['version']} (taxonomy {cat.taxonomy_version}) from {directory}"),
+        check_label_space(cat.labels, art.text_model.labels, int(art.image_model.output_shape[-1]),
+                          tuple(art.projections.shape), art.targets, taxonomy_targets, cat.fallback),
+    ]
+
+
+def check_device() -> Check:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return Check("device", OK, f"GPU: {', '.join(g.name for g in gpus)}")
+    cuda = "with" if tf.test.is_built_with_cuda() else "without"
+    return Check("device", OK, f"CPU (no GPU visible; TensorFlow {tf.__version__} built {cuda} CUDA)")
+
+
+def run(timeout_s: float = 10.0, skip_artifact: bool = False) -> tuple[list[Check], int]:
+    """All checks; returns the rows and the exit status."""
+    from pydantic import ValidationError
+
+    from consumer.config import Settings
+
+    try:
+        settings = Settings()
+    except (ValidationError, ValueError, OSError) as exc:
+        first = str(exc).splitlines()
+        checks = [Check("configuration", FAIL, " ".join(first[:3]))]
+        return checks, exit_code(checks)
+    checks = [Check("configuration", OK, f"group {settings.group_id}, batches of {settings.max_batch_size}, "
+                                         f"{'schema registry' if settings.schema_registry_url else 'single-object'} "
+                                         "encoding")]
+    checks += check_broker_and_topics(settings, timeout_s)
+    if not skip_artifact:
+        checks += check_artifact(settings)
+    checks.append(check_allow_list(settings.image_allowed_hosts))
+    if not skip_artifact:
+        checks.append(check_device())
+    return checks, exit_code(checks)
+
+
+def main(timeout_s: float = 10.0, skip_artifact: bool = False) -> int:
+    checks, code = run(timeout_s, skip_artifact)
+    print(format_table(checks))
+    print("doctor: " + ("all checks passed" if code == 0 else
+                        f"{sum(c.verdict == FAIL for c in checks)} check(s) failed"))
+    return code

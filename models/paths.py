@@ -1,0 +1,54 @@
+"""Where things live: the one definition of the repository, artifact, taxonomy and data paths.
+
+It sits in ``models`` because both sides may import ``models``: the service (``consumer``) and
+training, which must not import each other. The trained artifacts and taxonomies are package
+data of ``models``, so these paths hold in a source checkout and in an installed wheel alike;
+``REPO_ROOT`` (reports, feature cache, the shared data beside the checkout) only means
+something in a checkout.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent
+# The folder holding the consumer/models/schemas/training packages: the checkout's root, or
+# site-packages in an installed wheel.
+REPO_ROOT = MODELS_DIR.parent
+ARTIFACTS_DIR = MODELS_DIR / "artifacts"
+TAXONOMIES_DIR = MODELS_DIR / "taxonomies"
+DEFAULT_TAXONOMY = TAXONOMIES_DIR / "marketplace.yaml"
+REPORTS_DIR = REPO_ROOT / "reports"
+LABELS_DIR = REPO_ROOT / "training" / "labels"
+
+# The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
+# machine finds it at the workspace's fixed location instead.
+SHARED_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+
+
+def shared_data(name: str) -> Path:
+    """``name`` under the first shared data folder that has it (the first one if none does)."""
+    return next((d / name for d in SHARED_DATA_DIRS if (d / name).exists()), SHARED_DATA_DIRS[0] / name)
+
+
+DEFAULT_CATALOGUE_DIR = shared_data("fashion-product-images-small")
+MARKETPLACE_DIR = shared_data("target-marketplace")
+
+
+def _created(folder: Path) -> float:
+    """The manifest's ``created_at`` as a POSIX time; a manifest without one counts by its file age."""
+    manifest = folder / "manifest.json"
+    try:
+        created = datetime.fromisoformat(json.loads(manifest.read_text())["created_at"])
+        return (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return manifest.stat().st_mtime
+
+
+def newest_artifact(root: Path = ARTIFACTS_DIR) -> Path:
+    """The newest artifact folder with a manifest, by its manifest's ``created_at``."""
+    candidates = [p for p in root.iterdir() if (p / "manifest.json").exists()] if root.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"no trained artifact under {root}; run `shelver train`")
+    return max(candidates, key=lambda p: (_created(p), p.name))
