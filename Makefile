@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint train evaluate benchmark clean
+.PHONY: setup run test test-fast lint check-wheel doctor train evaluate benchmark clean
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements.txt = requirements-runtime.txt + -train + -dev (the suite needs all three).
+$(STAMP): requirements.txt requirements-runtime.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -27,6 +28,13 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check consumer models schemas training tests benchmarks
+
+# The wheel installed (not editable) into a fresh venv runs `shelver categorize` (--full: real install).
+check-wheel: setup
+	PYTHON=$(BIN)/python scripts/check-wheel $(CHECK_WHEEL_ARGS)
+
+doctor: setup
+	$(BIN)/shelver doctor
 
 train: setup
 	$(BIN)/shelver train

@@ -52,6 +52,12 @@ def serve_directory(root: Path) -> Iterator[str]:
         server.server_close()
 
 
+# pandas.read_csv's default missing-value markers: training.data reads the catalogue with pandas,
+# so these cells count as empty here too and a seed picks identical events either way.
+_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                 "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
 @dataclass(frozen=True)
 class CatalogueItem:
     """The columns of a catalogue row that a sample event needs (no labels)."""
@@ -92,8 +98,9 @@ def read_catalogue(path: str | os.PathLike | None = None) -> list[CatalogueItem]
                 continue
             image = root / "images" / f"{row[col['id']]}.jpg"
             if image.exists():
-                items.append(CatalogueItem(int(row[col["id"]]), row[col["productDisplayName"]], str(image),
-                                           row[col["gender"]], row[col["baseColour"]]))
+                cell = {name: "" if row[i] in _NA else row[i] for name, i in col.items()}
+                items.append(CatalogueItem(int(cell["id"]), cell["productDisplayName"], str(image),
+                                           cell["gender"], cell["baseColour"]))
     return items
 
 

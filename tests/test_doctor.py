@@ -1,0 +1,128 @@
+"""``shelver doctor`` and ``shelver --version``: the pure verdict rules, then the real command
+against the session broker and the committed artifact."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from consumer import doctor
+from consumer.cli import main
+from consumer.doctor import FAIL, OK, WARN, Check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows(output: str) -> dict[str, tuple[str, str]]:
+    """The doctor table as check name → (verdict, detail)."""
+    table = {}
+    for line in output.splitlines()[2:]:
+        parts = [p for p in line.split("  ") if p.strip()]
+        if len(parts) >= 2 and parts[1].strip() in (OK, WARN, FAIL):
+            table[parts[0].strip()] = (parts[1].strip(), "  ".join(parts[2:]).strip())
+    return table
+
+
+# ---- pure rules ----------------------------------------------------------------------------------
+
+
+def test_topics_missing_or_in_error_fail_and_a_disabled_replay_topic_is_fine():
+    checks = doctor.check_topics({"input": "in", "replay": None, "output": "out", "dead letters": "dlq"},
+                                 {"in": 6, "out": "Broker: Topic authorization failed"})
+    verdicts = {c.name: c.verdict for c in checks}
+    assert verdicts == {"topic input": OK, "topic replay": OK, "topic output": FAIL, "topic dead letters": FAIL}
+    assert "6 partitions" in checks[0].detail and "does not exist" in checks[3].detail
+    assert doctor.exit_code(checks) == 1 and doctor.exit_code(checks[:2]) == 0
+
+
+def test_label_space_check_names_each_disagreement():
+    labels, targets = ["a", "b", "c"], ["X", "OTHERS"]
+    good = doctor.check_label_space(labels, labels, 3, (2, 3), targets, targets, "OTHERS")
+    assert good.verdict == OK
+    bad = doctor.check_label_space(labels, ["a", "b"], 4, (2, 2), targets, ["X", "Y"], "MISC")
+    assert bad.verdict == FAIL
+    for phrase in ("text model labels", "4 outputs for 3 labels", "projections are 2x2", "taxonomy", "'MISC'"):
+        assert phrase in bad.detail
+
+
+def test_allow_list_rejects_garbage_and_warns_about_wide_or_useless_entries():
+    assert doctor.check_allow_list([]).verdict == OK
+    assert doctor.check_allow_list(["127.0.0.1", "10.1.0.0/16", "images.internal"]).verdict == OK
+    assert doctor.check_allow_list(["http://images.internal/"]).verdict == FAIL
+    wide = doctor.check_allow_list(["0.0.0.0/0"])
+    assert wide.verdict == WARN and "0.0.0.0/0" in wide.detail
+    assert doctor.check_allow_list(["169.254.169.254"]).verdict == WARN
+
+
+def test_table_has_one_line_per_check():
+    text = doctor.format_table([Check("broker", OK, "x"), Check("topic input", FAIL, "y")])
+    assert rows(text) == {"broker": (OK, "x"), "topic input": (FAIL, "y")}
+
+
+def wait_for_leaders(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
+    """A just-created topic reports LEADER_NOT_AVAILABLE until its partitions have leaders."""
+    import time
+
+    admin, deadline = AdminClient({"bootstrap.servers": bootstrap}), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=10).topics
+        if all(t in meta and meta[t].error is None and all(p.leader >= 0 for p in meta[t].partitions.values())
+               for t in topics):
+            return
+    raise TimeoutError(f"topics without leaders after {timeout_s}s: {topics}")
+
+
+# ---- the command -------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_and_the_artifact(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shelver ") and "artifact v2-20261124" in out
+
+
+def test_bad_configuration_is_a_failed_line_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("SHELVER_MAX_BATCH_SIZE", "many")
+    assert main(["doctor", "--skip-artifact", "--timeout", "1"]) == 1
+    assert rows(capsys.readouterr().out)["configuration"][0] == FAIL
+
+
+@pytest.mark.kafka
+def test_missing_topic_fails_its_line_and_the_exit_status(kafka_bootstrap, topic_factory, monkeypatch, capsys):
+    monkeypatch.setenv("SHELVER_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("SHELVER_INPUT_TOPIC", topic_factory(partitions=3, prefix="doctor-in"))
+    monkeypatch.setenv("SHELVER_REPLAY_TOPIC", topic_factory(partitions=1, prefix="doctor-replay"))
+    monkeypatch.setenv("SHELVER_OUTPUT_TOPIC", topic_factory(partitions=3, prefix="doctor-out"))
+    monkeypatch.setenv("SHELVER_DLQ_TOPIC", "doctor-dlq-never-created")
+    wait_for_leaders(kafka_bootstrap, [os.environ[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT")])
+    assert main(["doctor", "--skip-artifact"]) == 1
+    table = rows(capsys.readouterr().out)
+    assert table["topic dead letters"][0] == FAIL and "doctor-dlq-never-created" in table["topic dead letters"][1]
+    assert {name: v for name, (v, _) in table.items() if name != "topic dead letters"} == {
+        "configuration": OK, "broker": OK, "topic input": OK, "topic replay": OK, "topic output": OK,
+        "image allow-list": OK}
+    assert "3 partitions" in table["topic input"][1]
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_all_checks_pass_against_a_ready_broker_and_the_committed_artifact(kafka_bootstrap, topic_factory):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHELVER_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "SHELVER_INPUT_TOPIC": topic_factory(prefix="doctor-in"), "SHELVER_REPLAY_TOPIC": topic_factory(prefix="doctor-re"),
+           "SHELVER_OUTPUT_TOPIC": topic_factory(prefix="doctor-out"), "SHELVER_DLQ_TOPIC": topic_factory(prefix="doctor-dlq"),
+           "SHELVER_IMAGE_ALLOWED_HOSTS": '["127.0.0.1"]'}
+    wait_for_leaders(kafka_bootstrap, [env[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT", "DLQ")])
+    out = subprocess.run([sys.executable, "-m", "consumer.cli", "doctor"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    table = rows(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert set(table) == {"configuration", "broker", "topic input", "topic replay", "topic output",
+                          "topic dead letters", "artifact", "label space", "image allow-list", "device"}
+    assert all(verdict == OK for verdict, _ in table.values()), out.stdout
+    assert "93 source labels -> 12 categories" in table["label space"][1]
