@@ -79,3 +79,27 @@ def test_sample_catalogue_without_pandas_has_training_rows_and_picks_the_same_pr
     from_frame = sample_events(frame, "http://x", 50, seed=3)
     assert [(e.product_id, e.title, e.image_url) for e in from_items] == \
            [(e.product_id, e.title, e.image_url) for e in from_frame]
+
+
+@pytest.mark.kafka
+def test_produce_and_replay_report_progress_as_log_lines_off_a_terminal(kafka_bootstrap, topic_factory):
+    from datetime import datetime, timedelta, timezone
+
+    from structlog.testing import capture_logs
+
+    from consumer.config import Settings
+    from consumer.replay import replay
+    from consumer.sample import publish
+    from schemas import ProductEvent
+
+    source, target = topic_factory(prefix="progress-in"), topic_factory(prefix="progress-out")
+    settings = Settings(bootstrap_servers=kafka_bootstrap, input_topic=source)
+    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    events = [ProductEvent(product_id=f"p{i}", title=f"shirt {i}", event_time=datetime.now(timezone.utc))
+              for i in range(25)]
+    with capture_logs() as logs:
+        publish(settings, events, show_progress=True)
+        copied = replay(settings, source, since, None, target, show_progress=True)
+    lines = [(e["task"], e["done"], e["total"]) for e in logs if e["event"] == "progress"]
+    assert copied == 25
+    assert lines[-2:] == [("produce-sample", 25, 25), (f"replay {source}", 25, 25)]
