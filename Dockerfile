@@ -8,7 +8,9 @@ COPY . /src
 RUN pip wheel --no-deps --no-cache-dir -w /dist /src
 
 FROM tensorflow/tensorflow:2.20.0-gpu
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 SHELVER_METRICS_PORT=9464
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 SHELVER_METRICS_PORT=9464 \
+    HOME=/tmp
+# HOME=/tmp: a writable home for Keras/TensorFlow caches (Kubernetes mounts an emptyDir there; the root fs is read-only)
 
 # Dependencies first so code edits reuse this layer; tensorflow stays the base image's CUDA build.
 COPY requirements-runtime.txt /tmp/requirements-runtime.txt
