@@ -105,13 +105,15 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("train", "evaluate"):
         import importlib
+        import importlib.util
 
-        try:
-            module = importlib.import_module(f"training.{argv[0]}")
-        except ModuleNotFoundError as exc:  # a runtime-only install (the Docker image, `pip install shelver`)
-            raise SystemExit(f"shelver {argv[0]} needs the training dependencies ({exc.name} is missing): "
-                             "pip install 'shelver[train]'") from None
-        module.main(argv[1:])
+        # A runtime-only install (the Docker image, `pip install shelver`) lacks these: say so
+        # before TensorFlow loads rather than with a traceback halfway through the imports.
+        missing = [m for m in ("pandas", "sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(f"shelver {argv[0]} needs the training dependencies ({', '.join(missing)} missing): "
+                             "pip install 'shelver[train]'")
+        importlib.import_module(f"training.{argv[0]}").main(argv[1:])
         return 0
 
     args = _parser().parse_args(argv)

@@ -202,6 +202,9 @@ def run(timeout_s: float = 10.0, skip_artifact: bool = False) -> tuple[list[Chec
 
 
 def main(timeout_s: float = 10.0, skip_artifact: bool = False) -> int:
+    from consumer.logs import configure
+
+    configure("WARNING")  # the table is the output; log lines (JSON, stderr) only for real trouble
     checks, code = run(timeout_s, skip_artifact)
     print(format_table(checks))
     print("doctor: " + ("all checks passed" if code == 0 else
