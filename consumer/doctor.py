@@ -179,16 +179,17 @@ def check_device() -> Check:
 
 def run(timeout_s: float = 10.0, skip_artifact: bool = False) -> tuple[list[Check], int]:
     """All checks; returns the rows and the exit status."""
-    from pydantic import ValidationError
-
-    from consumer.config import Settings
+    from consumer.config import ConfigError, load_settings
 
     try:
-        settings = Settings()
-    except (ValidationError, ValueError, OSError) as exc:
-        first = str(exc).splitlines()
-        checks = [Check("configuration", FAIL, " ".join(first[:3]))]
+        settings = load_settings()  # the same strict load as `shelver consume`
+    except ConfigError as exc:  # one line, secrets already left out
+        checks = [Check("configuration", FAIL, str(exc))]
         return checks, exit_code(checks)
+    from consumer.logs import configure
+
+    # The table is the output; log lines (JSON, stderr, credentials scrubbed) only for real trouble.
+    configure("WARNING", secrets=settings.secret_values())
     checks = [Check("configuration", OK, f"group {settings.group_id}, batches of {settings.max_batch_size}, "
                                          f"{'schema registry' if settings.schema_registry_url else 'single-object'} "
                                          "encoding")]
@@ -202,9 +203,6 @@ def run(timeout_s: float = 10.0, skip_artifact: bool = False) -> tuple[list[Chec
 
 
 def main(timeout_s: float = 10.0, skip_artifact: bool = False) -> int:
-    from consumer.logs import configure
-
-    configure("WARNING")  # the table is the output; log lines (JSON, stderr) only for real trouble
     checks, code = run(timeout_s, skip_artifact)
     print(format_table(checks))
     print("doctor: " + ("all checks passed" if code == 0 else

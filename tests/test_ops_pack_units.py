@@ -92,6 +92,9 @@ def test_produce_and_replay_report_progress_as_log_lines_off_a_terminal(kafka_bo
     from consumer.sample import publish
     from schemas import ProductEvent
 
+    from consumer.logs import configure
+
+    configure("INFO")  # progress lines are INFO; an earlier test may have left the level at WARNING
     source, target = topic_factory(prefix="progress-in"), topic_factory(prefix="progress-out")
     settings = Settings(bootstrap_servers=kafka_bootstrap, input_topic=source)
     since = datetime.now(timezone.utc) - timedelta(minutes=1)
