@@ -21,11 +21,13 @@ from typing import Callable, Iterable
 import numpy as np
 import structlog
 
+from models.paths import CACHE_DIR
+
 log = structlog.get_logger(__name__)
 
 ENGINES = ("auto", "tensorflow", "litert")
 ENGINE_ENV = "SHELVER_INFERENCE_ENGINE"
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "litert"
+DEFAULT_CACHE = CACHE_DIR / "litert"  # models.paths: the checkout's .cache, or the user's cache when installed
 
 
 def resolve_engine(requested: str | None, gpu_available: bool) -> str:

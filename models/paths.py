@@ -9,6 +9,7 @@ something in a checkout.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +22,11 @@ TAXONOMIES_DIR = MODELS_DIR / "taxonomies"
 DEFAULT_TAXONOMY = TAXONOMIES_DIR / "marketplace.yaml"
 REPORTS_DIR = REPO_ROOT / "reports"
 LABELS_DIR = REPO_ROOT / "training" / "labels"
+# Derived files (LiteRT conversions, image features): in a checkout its .cache/; in an installed
+# wheel site-packages is not ours to write (the Docker image runs unprivileged), so the user's cache.
+IS_CHECKOUT = (REPO_ROOT / "pyproject.toml").exists()
+CACHE_DIR = REPO_ROOT / ".cache" if IS_CHECKOUT else (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shelver")
 
 # The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
 # machine finds it at the workspace's fixed location instead.

@@ -72,3 +72,12 @@ def test_loading_the_cli_and_service_modules_pulls_in_no_training_code_or_pandas
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"loaded by the service: {out.stdout.strip()}"
+
+
+def test_repository_root_is_derived_from___file___only_in_models_paths():
+    import re
+
+    derives_root = re.compile(r"__file__\)?(\.resolve\(\))?\.parent\.parent|__file__\)?(\.resolve\(\))?\.parents\[1\]")
+    offenders = [str(p.relative_to(ROOT)) for p in sources("consumer", "models", "schemas", "training")
+                 if p != ROOT / "models" / "paths.py" and derives_root.search(p.read_text())]
+    assert not offenders, f"use models.paths instead: {offenders}"
