@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from ipaddress import ip_network
 from pathlib import Path
 from typing import Sequence
 
@@ -85,18 +84,24 @@ def check_label_space(labels: Sequence[str], text_labels: Sequence[str], image_o
 
 
 def check_allow_list(entries: Sequence[str]) -> Check:
-    """Entries the fetcher would read as IPs/CIDRs or hostnames; wide or useless ones are warned."""
+    """Entries the fetcher reads as IPs/CIDRs or host names (optionally with a port); wide or useless ones are warned."""
     if not entries:
         return Check("image allow-list", OK, "empty: only public addresses are fetched")
+    from consumer.allowlist import AllowRule  # the fetcher's own reading of an entry
+
     bad, wide, useless = [], [], []
     for entry in entries:
         text = entry.strip()
         try:
-            net = ip_network(text, strict=False)
+            rule = AllowRule.parse(text)
         except ValueError:
-            if not _HOSTNAME.match(text):
+            bad.append(entry)
+            continue
+        if rule.host is not None:
+            if not _HOSTNAME.match(rule.host):
                 bad.append(entry)
             continue
+        net = rule.net
         if net.prefixlen < (8 if net.version == 4 else 32):
             wide.append(text)
         if net.num_addresses == 1 and str(net.network_address) in _METADATA:

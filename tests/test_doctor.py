@@ -52,7 +52,9 @@ def test_label_space_check_names_each_disagreement():
 def test_allow_list_rejects_garbage_and_warns_about_wide_or_useless_entries():
     assert doctor.check_allow_list([]).verdict == OK
     assert doctor.check_allow_list(["127.0.0.1", "10.1.0.0/16", "images.internal"]).verdict == OK
+    assert doctor.check_allow_list(["127.0.0.1:8080", "[::1]:8080", "images.internal:8080"]).verdict == OK
     assert doctor.check_allow_list(["http://images.internal/"]).verdict == FAIL
+    assert doctor.check_allow_list(["images internal"]).verdict == FAIL
     wide = doctor.check_allow_list(["0.0.0.0/0"])
     assert wide.verdict == WARN and "0.0.0.0/0" in wide.detail
     assert doctor.check_allow_list(["169.254.169.254"]).verdict == WARN
