@@ -223,3 +223,17 @@ def test_grafana_dashboard_is_valid_and_queries_only_metrics_the_service_exports
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
     mounts = dict(v.split(":")[:2] for v in compose["volumes"])
     assert mounts["./deploy/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+
+
+def test_prometheus_config_passes_promtool_when_installed():
+    import shutil
+    import subprocess
+
+    import pytest
+
+    promtool = shutil.which("promtool")  # Debian's prometheus package, which .ci/run installs
+    if not promtool:
+        pytest.skip("promtool not installed")
+    out = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
