@@ -7,9 +7,12 @@ thread runs ``categorize`` on whole batches. Batches flow through a bounded queu
 control in ``consumer.batching``) and polling continues, so slow inference never exceeds
 ``max.poll.interval.ms`` and no partition starves behind the others.
 
-At-least-once: a batch's offsets (last + 1 per partition) are committed synchronously, in batch
-order, only after every one of its results and DLQ records has a successful delivery report. A
-failed delivery stops the service without committing; the group then redelivers.
+At-least-once: offsets are committed synchronously, per partition only up to the end of a
+delivered prefix of batches (``consumer.commits``): every result and DLQ record before them has a
+successful delivery report. A record refused for itself alone (too large, invalid) goes to the DLQ
+instead, cut to fit (``consumer.dead_letters``), so no input can stop the service; a failure of
+the pipeline (broker, authorization, fatal client error) stops it without committing, and the
+group redelivers.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ from functools import partial
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer import scoring
+from consumer import dead_letters
 from consumer.batching import MicroBatcher, flow_control
+from consumer.commits import CommitLedger
 from consumer.config import Settings
 from consumer.kafka_io import make_consumer, make_producer
 from consumer.logs import get_logger
@@ -48,6 +53,23 @@ class Item:
     event: ProductEvent | None = None
     error: scoring.InvalidEvent | None = None
     decode_s: float = 0.0
+    dropped: bool = False  # its partition was lost before the batch was emitted: produce nothing for it
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return self.msg.topic(), self.msg.partition()
+
+
+@dataclass
+class Out:
+    """One record handed to the producer, and enough to replace it if it is refused for itself alone."""
+    item: Item
+    kind: str  # "result" or "dlq"
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list | None = None
+    kept: int | None = None  # dead letters: bytes of the original value kept (None: all of it)
 
 
 @dataclass
@@ -57,6 +79,7 @@ class Batch:
     started: float  # perf_counter when the batch was formed
     images: Future | None = None  # -> (list[scoring.Image], fetch seconds)
     decisions: list | None = None
+    inferred: bool = False  # decisions (or an error) are back from the inference thread
     infer_s: float = 0.0
     error: str | None = None  # inference failure, set by the worker
     emitted: float = 0.0  # when all its records were handed to the producer
@@ -77,8 +100,7 @@ class Batch:
         """Per partition, the offset to commit once this batch is delivered: its last + 1."""
         last: dict[tuple[str, int], int] = {}
         for it in self.items:
-            key = (it.msg.topic(), it.msg.partition())
-            last[key] = max(last.get(key, -1), it.msg.offset() + 1)
+            last[it.tp] = max(last.get(it.tp, -1), it.msg.offset() + 1)
         return last
 
 
@@ -103,7 +125,10 @@ class Service:
                                                         key=lambda it: (it.msg.topic(), it.msg.partition()))
         self.todo: queue.Queue[Batch | None] = queue.Queue(maxsize=settings.pipeline_depth)
         self.done: queue.Queue[Batch] = queue.Queue()
-        self.inflight: deque[Batch] = deque()  # formed, not yet committed, in consume order
+        self.inflight: deque[Batch] = deque()  # formed, not yet delivered, in consume order
+        self.ledger = CommitLedger()  # which offsets may be committed (delivered prefix per partition)
+        self.dlq_budget = dead_letters.value_budget(int(settings.kafka_options.get(
+            "message.max.bytes", dead_letters.DEFAULT_MESSAGE_MAX_BYTES)))
         self.fetch_pool = ThreadPoolExecutor(settings.pipeline_depth + 1, thread_name_prefix="fetch")
         self.worker = threading.Thread(target=self._infer_loop, name="infer", daemon=True)
         self.stopping = threading.Event()
@@ -182,26 +207,18 @@ class Service:
             self.batcher.add(items, now, stamps)
 
     def _submit(self, items: list[Item]) -> None:
-        """Form a batch: DLQ its poison, start its image fetch, queue it for inference (blocks if full)."""
+        """Form a batch: start its image fetch, queue it for inference (blocks if full)."""
         batch = Batch(self.seq, items, time.perf_counter(), model=self.model)
         self.seq += 1
         self.metrics.on_batch_formed(batch)
-        for it in items:
-            if it.error is not None:
-                self._produce(batch, self.s.dlq_topic, it.msg.key(), it.msg.value(), headers=[
-                    ("error", it.error.code.encode()),
-                    ("error_reason", it.error.reason.encode()),
-                    ("source_topic", it.msg.topic().encode()),
-                    ("source_partition", str(it.msg.partition()).encode()),
-                    ("source_offset", str(it.msg.offset()).encode()),
-                ])
+        self.ledger.open(batch.seq, batch.next_offsets())  # consume order: the commit rule depends on it
         good = batch.good
         if good:
             urls = [it.event.image_url for it in good]
             batch.images = self.fetch_pool.submit(scoring.fetch_images, self.fetcher, batch.model, urls)
         self.inflight.append(batch)
-        if not good:
-            batch.emitted = time.perf_counter()
+        if not good:  # only poison: nothing to infer, its dead letters go out in turn
+            batch.inferred = True
             return
         while True:
             try:
@@ -211,24 +228,42 @@ class Service:
                 self._pump()
 
     def _pump(self) -> None:
-        """Serialize and produce finished batches, serve delivery reports, commit what is complete."""
+        """Produce finished batches in consume order, serve delivery reports, commit what is complete."""
         self.metrics.heartbeats.beat()
         if self.reloader is not None:  # batches keep the model they were formed with
             self.model = self.reloader.swap(self.model)
         while True:
             try:
-                batch = self.done.get_nowait()
+                self.done.get_nowait().inferred = True
             except queue.Empty:
                 break
+        for batch in self.inflight:
+            if batch.emitted:
+                continue
+            if not batch.inferred:
+                break  # in order: a later batch's records never go out before an earlier one's
             self._emit(batch)
         self.producer.poll(0)
         self._commit_completed()
 
+    # ---- the one place a batch's records are produced ------------------------------------------
     def _emit(self, batch: Batch) -> None:
         if batch.error:
             raise PipelineFailed(batch.error)
-        images, _ = batch.images.result()
-        for it, decision, (_, image_error) in zip(batch.good, batch.decisions, images):
+        for out in self._records(batch):
+            self._send(batch, out)
+        batch.emitted = time.perf_counter()
+
+    def _records(self, batch: Batch) -> list[Out]:
+        """Every record the batch owes: a result per good event, a dead letter per poison event."""
+        images = batch.images.result()[0] if batch.images else []
+        decided = iter(zip(batch.decisions or [], images))
+        outs = []
+        for it in batch.items:
+            if it.event is None:
+                outs.append(self._dead_letter(it, it.error.code, it.error.reason))
+                continue
+            decision, (_, image_error) = next(decided)
             msg = it.msg
             record = scoring.result(
                 it.event, decision, image_error, batch.model,
@@ -236,34 +271,80 @@ class Service:
                 replayed=msg.topic() == self.s.replay_topic,
             )
             value = self.codec.encode(record.to_avro(), "category_assigned", self.s.output_topic)
-            self._produce(batch, self.s.output_topic, it.event.product_id.encode(), value)
-        batch.emitted = time.perf_counter()
+            outs.append(Out(it, "result", self.s.output_topic, it.event.product_id.encode(), value))
+        return [o for o in outs if not o.item.dropped]  # lost partitions: the new owner produces them
 
-    def _produce(self, batch: Batch, topic: str, key, value, headers=None) -> None:
+    def _dead_letter(self, it: Item, code: str, reason: str, kept: int | None = None) -> Out:
+        """The original bytes and key with error headers; cut to ``kept`` bytes when too large to deliver."""
+        msg = it.msg
+        key, value, extra = msg.key(), msg.value(), []
+        if kept is not None:
+            key, value, extra = dead_letters.truncated(key, value, kept)
+        return Out(it, "dlq", self.s.dlq_topic, key, value, headers=[
+            ("error", code.encode()),
+            ("error_reason", reason.encode()[:4096]),
+            ("source_topic", msg.topic().encode()),
+            ("source_partition", str(msg.partition()).encode()),
+            ("source_offset", str(msg.offset()).encode()),
+            *extra,
+        ], kept=kept)
+
+    def _replacement(self, out: Out, err: KafkaError) -> Out | None:
+        """What to send instead of a record refused for itself alone; None when nothing can fit."""
+        it = out.item
+        if out.kind == "result":  # the event goes to the DLQ with the reason its result was refused
+            return self._dead_letter(it, "result_undeliverable", dead_letters.describe(err))
+        code = next(v.decode() for k, v in out.headers if k == "error")
+        reason = next(v.decode() for k, v in out.headers if k == "error_reason")
+        if err.code() not in dead_letters.SIZE_ERRORS:  # invalid as it is: keep only the headers
+            kept = None if out.kept == 0 else 0
+        else:
+            kept = dead_letters.next_cut(len(it.msg.value() or b""), out.kept, self.dlq_budget)
+        return None if kept is None else self._dead_letter(it, code, reason, kept)
+
+    def _send(self, batch: Batch, out: Out) -> None:
         batch.pending += 1
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=partial(self._delivered, batch))
+                self.producer.produce(out.topic, out.value, out.key, headers=out.headers,
+                                      on_delivery=partial(self._delivered, batch, out))
                 return
             except BufferError:  # local queue full: serve delivery reports until there is room
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # refused before it left, e.g. larger than message.max.bytes
+                batch.pending -= 1
+                self._refused(batch, out, exc.args[0])
+                return
 
-    def _delivered(self, batch: Batch, err: KafkaError | None, msg: Message) -> None:
+    def _delivered(self, batch: Batch, out: Out, err: KafkaError | None, msg: Message) -> None:
         batch.pending -= 1  # delivery reports are served on the main thread (producer.poll/flush)
         batch.delivered = time.perf_counter()
-        if err is not None and self.failure is None:
-            self.failure = f"delivery to {msg.topic()} failed: {err}"
+        if err is not None:
+            self._refused(batch, out, err)
 
-    def _commit_completed(self, exclude: frozenset = frozenset()) -> None:
+    def _refused(self, batch: Batch, out: Out, err: KafkaError) -> None:
+        """A record was not delivered: replace it if it alone is at fault, else fail the pipeline."""
+        replacement = self._replacement(out, err) if dead_letters.is_record_error(err) else None
+        if replacement is None:
+            self.failure = self.failure or f"delivery to {out.topic} failed: {err}"
+            return
+        it = replacement.item
+        log.warning("record refused; sent to the DLQ instead", topic=out.topic, kind=out.kind,
+                    error=dead_letters.describe(err), source=f"{it.msg.topic()}[{it.msg.partition()}]@{it.msg.offset()}",
+                    kept_bytes=replacement.kept)
+        # guarantee: the batch is not complete (pending > 0) until the replacement is delivered too.
+        self._send(batch, replacement)
+
+    # ---- the one place offsets are committed ----------------------------------------------------
+    def _commit_completed(self) -> None:
         if self.failure:
             raise PipelineFailed(self.failure)
-        done: list[Batch] = []
-        while self.inflight and self.inflight[0].emitted and self.inflight[0].pending == 0:
-            done.append(self.inflight.popleft())  # only a delivered prefix: never past a gap
-        offsets: dict[tuple[str, int], int] = {}
-        for batch in done:  # one commit for all of them; later batches hold the higher offsets
-            offsets.update(batch.next_offsets())
-        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) not in exclude]
+        done = [b for b in self.inflight if b.emitted and b.pending == 0]
+        for batch in done:
+            self.ledger.complete(batch.seq)  # every record of it has a successful delivery report
+            self.inflight.remove(batch)
+        # guarantee: per partition only the end of a delivered prefix, never a lost partition's offsets.
+        parts = [TopicPartition(t, p, o) for (t, p), o in self.ledger.take().items()]
         try:
             if parts:
                 self.consumer.commit(offsets=parts, asynchronous=False)
@@ -314,14 +395,14 @@ class Service:
         if pause or resume:
             log.debug("flow control", paused=len(self.paused), newly_paused=len(pause), resumed=len(resume))
 
-    def _drain(self, exclude: frozenset = frozenset()) -> None:
-        """Finish every pending and in-flight batch, deliver, and commit (except ``exclude``)."""
+    def _drain(self) -> None:
+        """Finish every pending and in-flight batch, deliver, and commit."""
         for items in self.batcher.take_all():
             self._submit(items)
         while self.inflight:
             self._pump()
             self.producer.poll(0.05)
-            self._commit_completed(exclude)
+            self._commit_completed()
 
     def _limits_reached(self) -> bool:
         if self.max_events is not None and self.completed >= self.max_events:
@@ -348,9 +429,13 @@ class Service:
     def _on_lost(self, consumer, partitions) -> None:
         lost = frozenset((p.topic, p.partition) for p in partitions)
         log.warning("partitions lost", partitions=sorted(f"{t}[{p}]" for t, p in lost))
-        self.batcher.drop(lambda it: (it.msg.topic(), it.msg.partition()) in lost)
+        self.batcher.drop(lambda it: it.tp in lost)
+        for batch in self.inflight:  # formed but not yet produced: the new owner produces them
+            for it in batch.items:
+                it.dropped = it.dropped or (not batch.emitted and it.tp in lost)
+        self.ledger.lose(lost)  # guarantee: their offsets now belong to another member; never commit them
         if self.failure is None:
-            self._drain(exclude=lost)  # their offsets now belong to another member: don't commit them
+            self._drain()
         self.assignment -= lost
         self.assignment_changed = True
 
