@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         default_factory=dict, description="librdkafka options passed through unchanged (security.protocol, sasl.*, ssl.*)"
     )
 
+    # Delivery guarantee and group membership (hard-service): exactly_once = a transactional producer
+    # committing each batch's records and offsets together; group_instance_id = static membership
+    # (librdkafka group.instance.id; empty = dynamic), e.g. the Kubernetes pod name.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    group_instance_id: str = ""
+
     # Wire format: Confluent Schema Registry framing when set, Avro single-object encoding otherwise.
     schema_registry_url: str | None = None
     schema_registry_options: dict[str, str] = Field(default_factory=dict)

@@ -5,6 +5,8 @@ off the options marked "guarantee": at-least-once depends on them.
 """
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -31,9 +33,22 @@ def make_consumer(settings: Settings, extra: dict[str, Any] | None = None) -> Co
         # The member is evicted if consume() is not called within this; the service keeps calling it
         # (with the assignment paused) while inference is busy, so long batches never hit this.
         "max.poll.interval.ms": settings.max_poll_interval_ms,
+        # guarantee (exactly-once): never read records of aborted transactions, nor open ones.
+        "isolation.level": "read_committed",
         **(extra or {}),
     }
+    if settings.group_instance_id:  # static membership: a restart within session.timeout.ms keeps the partitions
+        conf["group.instance.id"] = settings.group_instance_id
     return Consumer(conf)
+
+
+def transactional_id(settings: Settings) -> str:
+    """Stable per instance, so a restarted instance fences its zombie (the old epoch can no longer commit).
+
+    From the static instance id when there is one (the pod name); otherwise host and pid, which are
+    unique but not stable across restarts (zombies are then fenced only by the group generation)."""
+    instance = settings.group_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return f"shelver-{settings.group_id}-{instance}"
 
 
 def make_producer(settings: Settings, extra: dict[str, Any] | None = None) -> Producer:
@@ -47,4 +62,7 @@ def make_producer(settings: Settings, extra: dict[str, Any] | None = None) -> Pr
         "acks": "all",
         **(extra or {}),
     }
+    if settings.processing_guarantee == "exactly_once":
+        # guarantee (exactly-once): records and consumer offsets are committed atomically per batch.
+        conf["transactional.id"] = transactional_id(settings)
     return Producer(conf)

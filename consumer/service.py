@@ -13,6 +13,11 @@ successful delivery report. A record refused for itself alone (too large, invali
 instead, cut to fit (``consumer.dead_letters``), so no input can stop the service; a failure of
 the pipeline (broker, authorization, fatal client error) stops it without committing, and the
 group redelivers.
+
+Exactly-once (``processing_guarantee=exactly_once``): each batch's results, dead letters and input
+offsets are committed in one producer transaction, batch after batch in consume order; a failed
+transaction is aborted and the service exits, so a restart resumes from the committed offsets;
+a fenced (zombie) instance exits without committing. Readers must use isolation.level=read_committed.
 """
 from __future__ import annotations
 
@@ -85,6 +90,9 @@ class Batch:
     emitted: float = 0.0  # when all its records were handed to the producer
     delivered: float = 0.0  # when the last delivery report arrived
     pending: int = 0  # delivery reports still outstanding
+    outs: list[Out] = field(default_factory=list)  # its records, in produce order
+    swaps: dict[int, Out] = field(default_factory=dict)  # exactly-once: id(refused out) -> its replacement
+    txn_errors: list[str] = field(default_factory=list)  # exactly-once: delivery failures in this transaction
     stats: dict = field(default_factory=dict)
     model: Categorizer | None = None  # scores the whole batch; a model reload swaps only between batches
 
@@ -120,6 +128,8 @@ class Service:
         self.consumer = make_consumer(settings, {**self.metrics.consumer_config(settings.stats_interval_ms),
                                                  **(consumer_extra or {})})
         self.producer = make_producer(settings)
+        self.eos = settings.processing_guarantee == "exactly_once"
+        self.txn_open = False
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
         self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000,
                                                         key=lambda it: (it.msg.topic(), it.msg.partition()))
@@ -152,6 +162,8 @@ class Service:
     def run(self) -> int:
         log.info("starting", settings=self.s.redacted(), model_version=self.model.model_version)
         topics = [t for t in (self.s.input_topic, self.s.replay_topic) if t]
+        if self.eos:  # fences older epochs of this transactional.id and aborts their open transaction
+            self._txn(self.producer.init_transactions, 60)
         self.worker.start()
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -237,7 +249,7 @@ class Service:
                 self.done.get_nowait().inferred = True
             except queue.Empty:
                 break
-        for batch in self.inflight:
+        for batch in list(self.inflight):
             if batch.emitted:
                 continue
             if not batch.inferred:
@@ -250,9 +262,48 @@ class Service:
     def _emit(self, batch: Batch) -> None:
         if batch.error:
             raise PipelineFailed(batch.error)
-        for out in self._records(batch):
+        batch.outs = self._records(batch)
+        if self.eos:
+            return self._emit_transaction(batch)
+        for out in batch.outs:
             self._send(batch, out)
         batch.emitted = time.perf_counter()
+
+    def _emit_transaction(self, batch: Batch) -> None:
+        """Exactly-once: the batch's records, then (in ``_commit``) its offsets, in one transaction.
+
+        A record refused for itself alone in a delivery report dooms the transaction: it is aborted
+        and the batch re-sent with that record replaced (each round replaces at least one, and
+        replacements only shrink, so this ends)."""
+        while True:
+            self._txn(self.producer.begin_transaction)
+            self.txn_open = True
+            batch.swaps, batch.txn_errors, batch.pending = {}, [], 0
+            for out in batch.outs:
+                self._send(batch, out)
+            batch.emitted = time.perf_counter()
+            self.producer.flush()  # every delivery report of this transaction is in
+            if not batch.swaps and not batch.txn_errors and batch.pending == 0:
+                return self._commit_completed()  # commits the transaction with the offsets
+            self._txn(self.producer.abort_transaction, 30)  # guarantee: none of its records become visible
+            self.txn_open = False
+            if not batch.swaps:
+                raise PipelineFailed(f"transaction aborted: {'; '.join(batch.txn_errors[:3]) or 'undelivered records'}")
+            batch.outs = [batch.swaps.get(id(o), o) for o in batch.outs]
+
+    def _txn(self, call, *args) -> None:
+        """A transactional call; a fenced instance or an abortable failure stops without committing."""
+        for _ in range(5):
+            try:
+                return call(*args)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.fatal() and not err.txn_requires_abort():
+                    continue
+                if err.fatal():  # e.g. fenced by a newer instance with the same transactional.id
+                    raise PipelineFailed(f"fatal transactional error (fenced?): {err}") from exc
+                raise PipelineFailed(f"transaction failed: {err}") from exc
+        raise PipelineFailed(f"transactional call kept failing: {call.__name__}")
 
     def _records(self, batch: Batch) -> list[Out]:
         """Every record the batch owes: a result per good event, a dead letter per poison event."""
@@ -313,18 +364,24 @@ class Service:
                 self.producer.poll(0.1)
             except KafkaException as exc:  # refused before it left, e.g. larger than message.max.bytes
                 batch.pending -= 1
-                self._refused(batch, out, exc.args[0])
+                self._refused(batch, out, exc.args[0], reported=False)
                 return
 
     def _delivered(self, batch: Batch, out: Out, err: KafkaError | None, msg: Message) -> None:
         batch.pending -= 1  # delivery reports are served on the main thread (producer.poll/flush)
         batch.delivered = time.perf_counter()
         if err is not None:
-            self._refused(batch, out, err)
+            self._refused(batch, out, err, reported=True)
 
-    def _refused(self, batch: Batch, out: Out, err: KafkaError) -> None:
+    def _refused(self, batch: Batch, out: Out, err: KafkaError, reported: bool) -> None:
         """A record was not delivered: replace it if it alone is at fault, else fail the pipeline."""
         replacement = self._replacement(out, err) if dead_letters.is_record_error(err) else None
+        if self.eos and reported:  # the transaction is doomed: replace in the next attempt (_emit_transaction)
+            if replacement is None:
+                batch.txn_errors.append(f"{out.topic}: {err}")
+            else:
+                batch.swaps[id(out)] = replacement
+            return
         if replacement is None:
             self.failure = self.failure or f"delivery to {out.topic} failed: {err}"
             return
@@ -344,16 +401,26 @@ class Service:
             self.ledger.complete(batch.seq)  # every record of it has a successful delivery report
             self.inflight.remove(batch)
         # guarantee: per partition only the end of a delivered prefix, never a lost partition's offsets.
-        parts = [TopicPartition(t, p, o) for (t, p), o in self.ledger.take().items()]
+        self._commit([TopicPartition(t, p, o) for (t, p), o in self.ledger.take().items()])
+        for batch in done:
+            self.completed += len(batch.items)
+            self._log_batch(batch)
+
+    def _commit(self, parts: list[TopicPartition]) -> None:
+        if self.eos:
+            if not self.txn_open:
+                return  # exactly-once: offsets are only ever committed inside a batch's transaction
+            if parts:  # guarantee: the offsets commit with the records, or neither does
+                self._txn(self.producer.send_offsets_to_transaction, parts, self.consumer.consumer_group_metadata())
+            self._txn(self.producer.commit_transaction)
+            self.txn_open = False
+            return
         try:
             if parts:
                 self.consumer.commit(offsets=parts, asynchronous=False)
                 self.metrics.commits.inc()
         except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
             log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
-        for batch in done:
-            self.completed += len(batch.items)
-            self._log_batch(batch)
 
     def _log_batch(self, batch: Batch) -> None:
         now = time.perf_counter()
@@ -447,6 +514,11 @@ class Service:
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
         if self.own_fetcher:
             self.fetcher.close()
+        if self.txn_open:  # after a failure: its records never become visible, its offsets never commit
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                log.warning("abort failed; the broker aborts it on timeout or at our restart", error=str(exc))
         self.producer.flush(10)
         # Leave the group now so the partitions move at once; after a failure the revoke handler
         # it triggers does not drain or commit.
