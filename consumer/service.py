@@ -151,6 +151,7 @@ class Service:
         self.completed = 0  # events (results + DLQ) committed
         self.t_start = time.perf_counter()
         self.last_message: float | None = None  # idle clock; starts at the first assignment
+        self.polled_at = time.monotonic()  # when consume() last returned: the group's view of our liveness
 
     def stop(self) -> None:
         """Ask the loop to finish in-flight work, commit and return (signal-handler safe)."""
@@ -178,6 +179,7 @@ class Service:
                     timeout = 0.01 if self.inflight else self.batcher.wait_s(time.monotonic(), _POLL_CAP_S)
                     msgs = self.consumer.consume(1, timeout)
                 self._accept(msgs)
+                self.polled_at = time.monotonic()  # the group's view of our liveness
                 # An idle model (nothing queued for it) takes whatever is waiting, without a batch window.
                 while self.batcher.ready(time.monotonic(), idle=self.todo.empty()) and not self.todo.full():
                     self._submit(self.batcher.take())
@@ -203,6 +205,8 @@ class Service:
                 if msg.error().fatal():
                     raise PipelineFailed(f"consumer error: {msg.error()}")
                 log.warning("consumer error", error=str(msg.error()))
+                if msg.error().code() == KafkaError._MAX_POLL_EXCEEDED:  # evicted: others own them now
+                    self._lose(frozenset(self.assignment))
                 continue
             t0 = time.perf_counter()
             item = Item(msg)
@@ -414,13 +418,20 @@ class Service:
                 self._txn(self.producer.send_offsets_to_transaction, parts, self.consumer.consumer_group_metadata())
             self._txn(self.producer.commit_transaction)
             self.txn_open = False
-            return
-        try:
             if parts:
-                self.consumer.commit(offsets=parts, asynchronous=False)
                 self.metrics.commits.inc()
-        except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
-            log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+            return
+        for attempt in range(3):
+            try:
+                if parts:
+                    self.consumer.commit(offsets=parts, asynchronous=False)
+                    self.metrics.commits.inc()
+                return
+            except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
+                if exc.args[0].retriable() and attempt < 2:  # e.g. the coordinator is still loading
+                    continue
+                log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+                return
 
     def _log_batch(self, batch: Batch) -> None:
         now = time.perf_counter()
@@ -487,6 +498,10 @@ class Service:
         self.assignment_changed = True
 
     def _on_revoke(self, consumer, partitions) -> None:
+        if time.monotonic() - self.polled_at > self.s.max_poll_interval_ms / 1000:
+            # We stopped polling past max.poll.interval.ms: librdkafka has already left the group and
+            # reports it as a revoke; the partitions are another member's now.
+            return self._lose(frozenset((p.topic, p.partition) for p in partitions))
         log.info("revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         if self.failure is None:
             self._drain()  # while we still own them: finish, deliver, commit
@@ -494,7 +509,10 @@ class Service:
         self.assignment_changed = True
 
     def _on_lost(self, consumer, partitions) -> None:
-        lost = frozenset((p.topic, p.partition) for p in partitions)
+        self._lose(frozenset((p.topic, p.partition) for p in partitions))
+
+    def _lose(self, lost: frozenset) -> None:
+        """Partitions taken from us without a revoke (session timeout, max.poll.interval.ms exceeded)."""
         log.warning("partitions lost", partitions=sorted(f"{t}[{p}]" for t, p in lost))
         self.batcher.drop(lambda it: it.tp in lost)
         for batch in self.inflight:  # formed but not yet produced: the new owner produces them
