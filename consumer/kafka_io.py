@@ -51,7 +51,8 @@ def transactional_id(settings: Settings) -> str:
     return f"shelver-{settings.group_id}-{instance}"
 
 
-def make_producer(settings: Settings, extra: dict[str, Any] | None = None) -> Producer:
+def make_producer(settings: Settings, extra: dict[str, Any] | None = None, *, transactional: bool = False) -> Producer:
+    """``transactional``: the service's producer in exactly-once mode (other tools produce plainly)."""
     conf: dict[str, Any] = {
         "linger.ms": 5,  # small: a batch's results leave together without adding visible latency
         "compression.type": "lz4",
@@ -62,7 +63,7 @@ def make_producer(settings: Settings, extra: dict[str, Any] | None = None) -> Pr
         "acks": "all",
         **(extra or {}),
     }
-    if settings.processing_guarantee == "exactly_once":
+    if transactional:
         # guarantee (exactly-once): records and consumer offsets are committed atomically per batch.
         conf["transactional.id"] = transactional_id(settings)
     return Producer(conf)

@@ -46,6 +46,8 @@ from schemas.wire import make_codec
 log = get_logger("shelver.service")
 _MIN_HELD_PER_PARTITION = 16  # events held per partition before it is paused, whatever the batch size
 _POLL_CAP_S = 0.5  # longest single consume(); bounds how late stop requests and commits are noticed
+# A transaction's records dropped because another of its records failed first: not their own fault.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 class PipelineFailed(RuntimeError):
@@ -92,7 +94,7 @@ class Batch:
     pending: int = 0  # delivery reports still outstanding
     outs: list[Out] = field(default_factory=list)  # its records, in produce order
     swaps: dict[int, Out] = field(default_factory=dict)  # exactly-once: id(refused out) -> its replacement
-    txn_errors: list[str] = field(default_factory=list)  # exactly-once: delivery failures in this transaction
+    txn_errors: list[KafkaError] = field(default_factory=list)  # exactly-once: other failures in this transaction
     stats: dict = field(default_factory=dict)
     model: Categorizer | None = None  # scores the whole batch; a model reload swaps only between batches
 
@@ -127,8 +129,8 @@ class Service:
         self.metrics.attach(self)
         self.consumer = make_consumer(settings, {**self.metrics.consumer_config(settings.stats_interval_ms),
                                                  **(consumer_extra or {})})
-        self.producer = make_producer(settings)
         self.eos = settings.processing_guarantee == "exactly_once"
+        self.producer = make_producer(settings, transactional=self.eos)
         self.txn_open = False
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
         self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000,
@@ -205,7 +207,7 @@ class Service:
                 if msg.error().fatal():
                     raise PipelineFailed(f"consumer error: {msg.error()}")
                 log.warning("consumer error", error=str(msg.error()))
-                if msg.error().code() == KafkaError._MAX_POLL_EXCEEDED:  # evicted: others own them now
+                if msg.error().code() == KafkaError._MAX_POLL_EXCEEDED and self.assignment:  # evicted
                     self._lose(frozenset(self.assignment))
                 continue
             t0 = time.perf_counter()
@@ -276,9 +278,11 @@ class Service:
     def _emit_transaction(self, batch: Batch) -> None:
         """Exactly-once: the batch's records, then (in ``_commit``) its offsets, in one transaction.
 
-        A record refused for itself alone in a delivery report dooms the transaction: it is aborted
-        and the batch re-sent with that record replaced (each round replaces at least one, and
+        A record refused for itself alone in a delivery report dooms the transaction: it is aborted,
+        the producer replaced (librdkafka leaves the refused partition unusable in that epoch), and
+        the batch re-sent with that record replaced (each round replaces at least one, and
         replacements only shrink, so this ends)."""
+        idle_rounds = 0  # rounds that failed only because an earlier failure purged their records
         while True:
             self._txn(self.producer.begin_transaction)
             self.txn_open = True
@@ -291,9 +295,13 @@ class Service:
                 return self._commit_completed()  # commits the transaction with the offsets
             self._txn(self.producer.abort_transaction, 30)  # guarantee: none of its records become visible
             self.txn_open = False
-            if not batch.swaps:
-                raise PipelineFailed(f"transaction aborted: {'; '.join(batch.txn_errors[:3]) or 'undelivered records'}")
+            idle_rounds = 0 if batch.swaps else idle_rounds + 1
+            if not all(e.code() in _PURGED for e in batch.txn_errors) or idle_rounds > 2:
+                raise PipelineFailed(f"transaction aborted: {'; '.join(map(str, batch.txn_errors[:3]))}")
             batch.outs = [batch.swaps.get(id(o), o) for o in batch.outs]
+            # A new producer with the same transactional.id: a fresh epoch, every partition usable again.
+            self.producer = make_producer(self.s, transactional=True)
+            self._txn(self.producer.init_transactions, 60)
 
     def _txn(self, call, *args) -> None:
         """A transactional call; a fenced instance or an abortable failure stops without committing."""
@@ -381,8 +389,10 @@ class Service:
         """A record was not delivered: replace it if it alone is at fault, else fail the pipeline."""
         replacement = self._replacement(out, err) if dead_letters.is_record_error(err) else None
         if self.eos and reported:  # the transaction is doomed: replace in the next attempt (_emit_transaction)
+            log.warning("record refused in a transaction", topic=out.topic, kind=out.kind,
+                        error=dead_letters.describe(err), replaced=replacement is not None)
             if replacement is None:
-                batch.txn_errors.append(f"{out.topic}: {err}")
+                batch.txn_errors.append(err)
             else:
                 batch.swaps[id(out)] = replacement
             return
