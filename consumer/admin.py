@@ -23,7 +23,7 @@ class StartupError(RuntimeError):
     """The environment is not ready (broker unreachable, topics missing); ``str()`` is one line."""
 
 
-def check_startup(settings: Settings, timeout_s: float | None = None) -> dict[str, int]:
+def check_startup(settings: Settings, timeout_s: float | None = None, topics: list[str] | None = None) -> dict[str, int]:
     """Wait up to ``timeout_s`` for the broker's metadata; every Shelver topic must exist.
 
     Returns each topic's partition count. librdkafka's own connection errors are collected (not
@@ -48,7 +48,9 @@ def check_startup(settings: Settings, timeout_s: float | None = None) -> dict[st
         why = specific[-1].str() if specific else exc.args[0].str()
         raise StartupError(f"Kafka at {where} not reachable within {timeout_s:g} s "
                            f"(SHELVER_STARTUP_TIMEOUT_S): {why}") from None
-    wanted = shelver_topics(settings)
+    # hitl topics are not required here: the corrections reader runs without its topics, and the review
+    # topic is checked once the model is loaded (only a calibrated model sends results there).
+    wanted = core_topics(settings) if topics is None else topics
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     while missing and time.monotonic() < deadline:  # just created by a deploy step: metadata catches up
         time.sleep(0.5)
@@ -65,10 +67,21 @@ def check_startup(settings: Settings, timeout_s: float | None = None) -> dict[st
     return {t: len(metadata.topics[t].partitions) for t in wanted}
 
 
-def shelver_topics(settings: Settings) -> list[str]:
-    """The topics the service reads and writes (the replay topic only when configured)."""
+def core_topics(settings: Settings) -> list[str]:
+    """Input, replay (when configured), output and DLQ: the service cannot run without them."""
     names = [settings.input_topic, settings.replay_topic, settings.output_topic, settings.dlq_topic]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def shelver_topics(settings: Settings) -> list[str]:
+    """The topics the service reads and writes (the replay and hitl topics only when configured)."""
+    names = [*core_topics(settings), settings.review_topic, settings.corrections_topic, settings.taxonomy_topic]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def compacted_topics(settings: Settings) -> set[str]:
+    """Topics whose latest record per key is the state (corrections per product, taxonomy per model)."""
+    return {n for n in (settings.corrections_topic, settings.taxonomy_topic) if n}
 
 
 def ensure_topics(
@@ -78,7 +91,10 @@ def ensure_topics(
     names = topics if topics is not None else shelver_topics(settings)
     admin = AdminClient(settings.kafka_common())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [NewTopic(n, num_partitions=partitions) for n in names if n not in existing]
+    compact = compacted_topics(settings)
+    missing = [NewTopic(n, num_partitions=1 if n == settings.taxonomy_topic else partitions,
+                        config={"cleanup.policy": "compact"} if n in compact else {})
+               for n in names if n not in existing]
     if not missing:
         return
     futures = admin.create_topics(missing, operation_timeout=timeout_s, request_timeout=timeout_s)

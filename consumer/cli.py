@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     d.add_argument("--skip-artifact", action="store_true", help="skip loading the artifact and TensorFlow")
 
+    x = sub.add_parser("taxonomy", help="change the target taxonomy without retraining")
+    xs = x.add_subparsers(dest="taxonomy_command", required=True)
+    xa = xs.add_parser("apply", help="validate a taxonomy file, compute its projections, publish it")
+    xa.add_argument("file")
+    xa.add_argument("--dry-run", action="store_true", help="validate and compute, do not publish")
+
     for name in ("train", "evaluate"):
         sub.add_parser(name, help=f"see `shelver {name} -- --help`", add_help=False)
     return p
@@ -161,6 +167,15 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             log.error("models could not be loaded", artifact=str(settings.resolved_artifact_dir()),
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
             return 1
+        if settings.review_topic and (settings.review_threshold is not None
+                                      or getattr(model, "default_review_threshold", None) is not None):
+            try:  # hitl: results under the threshold are copied there; a missing topic would stop the service later
+                check_startup(settings, topics=[settings.review_topic])
+            except StartupError as exc:
+                return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
+        from consumer.corrections import start_projection_updater
+
+        updater = start_projection_updater(settings, model)  # corrections + taxonomy versions (hitl)
         metrics.set_model(model)
         reloader.start()
         service = Service(settings, model, max_events=args.max_events, idle_exit_s=args.idle_exit_seconds,
@@ -173,6 +188,20 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             reloader.close()
             if server is not None:
                 server.shutdown()
+            if updater is not None:
+                updater.stop()
+
+    if args.command == "taxonomy":
+        from consumer.taxonomy_apply import apply_taxonomy
+        from models.taxonomy import TaxonomyError
+
+        try:
+            print(json.dumps(apply_taxonomy(settings, args.file, dry_run=args.dry_run)))
+        except TaxonomyError as exc:
+            for problem in exc.problems:
+                print(f"invalid taxonomy {args.file}: {problem}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.command == "replay":
         from consumer.replay import replay

@@ -185,6 +185,15 @@ class Settings(BaseSettings):
     # the TensorFlow graph when it does; see models/engine.py.
     inference_engine: Literal["auto", "tensorflow", "litert"] = "auto"
 
+    # Human in the loop (hitl): calibrated confidence, review routing, corrections, taxonomy versions.
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # default: the artifact calibration's
+    review_topic: str | None = "products.review"  # results under the threshold also go here (empty: off)
+    corrections_topic: str | None = "products.corrections"  # CategoryCorrected, compacted (empty: off)
+    taxonomy_topic: str | None = "shelver.taxonomy"  # TaxonomyPublished, compacted (empty: off)
+    corrections_prior_strength: float = Field(default=10.0, gt=0)  # taxonomy prior's weight, in corrections
+    corrections_reviewer_cap: float = Field(default=20.0, gt=0)  # most total weight one reviewer can carry
+    corrections_catchup_timeout_s: float = 60.0  # start-up wait to read corrections/taxonomy to their end
+
     log_level: LogLevel = "INFO"
 
     # Start-up checks (hard-config): how long `shelver consume` waits for the broker and its topics.

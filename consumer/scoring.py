@@ -73,7 +73,10 @@ def result(
     source_partition: int,
     source_offset: int,
     replayed: bool,
+    review_threshold: float | None = None,
 ) -> CategoryAssigned:
+    """The output record; ``needs_review`` when a calibrated confidence is under ``review_threshold``."""
+    confidence = getattr(decision, "confidence", None)
     return CategoryAssigned(
         product_id=event.product_id,
         category=decision.category,
@@ -83,13 +86,20 @@ def result(
         image_used=decision.image_used,
         image_error=None if decision.image_used else (image_error or "not_used"),
         model_version=categorizer.model_version,
-        taxonomy_version=categorizer.taxonomy_version,
+        taxonomy_version=getattr(decision, "taxonomy_version", None) or categorizer.taxonomy_version,
         source_topic=source_topic,
         source_partition=source_partition,
         source_offset=source_offset,
         replayed=replayed,
         processed_at=datetime.now(timezone.utc),
+        confidence=confidence,
+        needs_review=needs_review(confidence, review_threshold),
     )
+
+
+def needs_review(confidence: float | None, threshold: float | None) -> bool:
+    """A person should look at it: confidence known and under the threshold (no threshold: never)."""
+    return confidence is not None and threshold is not None and confidence < threshold
 
 
 def _short(exc: ValidationError) -> str:

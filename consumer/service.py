@@ -71,7 +71,7 @@ class Item:
 class Out:
     """One record handed to the producer, and enough to replace it if it is refused for itself alone."""
     item: Item
-    kind: str  # "result" or "dlq"
+    kind: str  # "result", "review" or "dlq"
     topic: str
     key: bytes | None
     value: bytes | None
@@ -133,6 +133,8 @@ class Service:
         self.producer = make_producer(settings, transactional=self.eos)
         self.txn_open = False
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
+        self.review_threshold = (settings.review_threshold if settings.review_threshold is not None
+                                 else getattr(categorizer, "default_review_threshold", None))  # hitl
         self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000,
                                                         key=lambda it: (it.msg.topic(), it.msg.partition()))
         self.todo: queue.Queue[Batch | None] = queue.Queue(maxsize=settings.pipeline_depth)
@@ -331,10 +333,14 @@ class Service:
             record = scoring.result(
                 it.event, decision, image_error, batch.model,
                 source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
-                replayed=msg.topic() == self.s.replay_topic,
+                replayed=msg.topic() == self.s.replay_topic, review_threshold=self.review_threshold,
             )
             value = self.codec.encode(record.to_avro(), "category_assigned", self.s.output_topic)
             outs.append(Out(it, "result", self.s.output_topic, it.event.product_id.encode(), value))
+            if record.needs_review and self.s.review_topic:
+                # A record of the batch like the result: the batch commits only after it is delivered too.
+                outs.append(Out(it, "review", self.s.review_topic, it.event.product_id.encode(),
+                                self.codec.encode(record.to_avro(), "category_assigned", self.s.review_topic)))
         return [o for o in outs if not o.item.dropped]  # lost partitions: the new owner produces them
 
     def _dead_letter(self, it: Item, code: str, reason: str, kept: int | None = None) -> Out:
@@ -355,8 +361,8 @@ class Service:
     def _replacement(self, out: Out, err: KafkaError) -> Out | None:
         """What to send instead of a record refused for itself alone; None when nothing can fit."""
         it = out.item
-        if out.kind == "result":  # the event goes to the DLQ with the reason its result was refused
-            return self._dead_letter(it, "result_undeliverable", dead_letters.describe(err))
+        if out.kind in ("result", "review"):  # the event goes to the DLQ with the reason its record was refused
+            return self._dead_letter(it, f"{out.kind}_undeliverable", dead_letters.describe(err))
         code = next(v.decode() for k, v in out.headers if k == "error")
         reason = next(v.decode() for k, v in out.headers if k == "error_reason")
         if err.code() not in dead_letters.SIZE_ERRORS:  # invalid as it is: keep only the headers

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from models import engine as engine_mod
 from models import kl
+from models.calibration import Calibration, load_calibration
 from models.categorizer import Decision
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
 from models.text import tokenize
@@ -43,6 +44,7 @@ class Artifact:
     projections: np.ndarray  # [T, S], smoothed
     targets: tuple[str, ...]
     source: Path | None = None  # the folder it was loaded from (keys the LiteRT conversion cache)
+    calibration: Calibration | None = None  # calibration.json beside the artifact (training/calibrate.py)
 
     def save(self, directory: str | Path, taxonomy_file: str | Path) -> Path:
         d = Path(directory)
@@ -68,7 +70,7 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise ValueError(f"{d}: text model labels differ from the manifest's label space")
     with np.load(d / "projections.npz") as z:
         q, targets = z["q"].astype(np.float64), tuple(str(t) for t in z["targets"])
-    return Artifact(manifest, image_model, text_model, q, targets, source=d)
+    return Artifact(manifest, image_model, text_model, q, targets, source=d, calibration=load_calibration(d))
 
 
 class ArtifactCategorizer:
@@ -91,6 +93,10 @@ class ArtifactCategorizer:
         self.image_weight = ens.get("image_weight", 0.5) if image_weight is None else image_weight
         self.abstain_threshold = ens.get("abstain_threshold") if abstain_threshold is None else abstain_threshold
         self.fallback = fallback or ens.get("fallback", "OTHERS")
+        # (q, targets, taxonomy version) as one tuple: `set_projections` swaps it with one reference
+        # assignment, and `decide` reads it once per batch, so a batch never mixes two taxonomies.
+        self._projections = (artifact.projections, tuple(artifact.targets), self.taxonomy_version)
+        self.default_review_threshold = artifact.calibration.review_threshold if artifact.calibration else None
         # Inference engine (models.engine): LiteRT + XNNPACK on CPU, the TensorFlow graph on a GPU.
         self.engine = engine_mod.resolve_engine(
             engine or os.environ.get(engine_mod.ENGINE_ENV), bool(tf.config.list_physical_devices("GPU")))
@@ -124,14 +130,26 @@ class ArtifactCategorizer:
         image_p[used] = self._image_fn(batch)
         return image_p, text_p, used
 
+    @property
+    def projections(self) -> tuple[np.ndarray, tuple[str, ...], str]:
+        return self._projections
+
+    def set_projections(self, q: np.ndarray, targets: Sequence[str], taxonomy_version: str) -> None:
+        """Swap the target projections (corrections, a new taxonomy) without touching the networks."""
+        if q.shape != (len(targets), len(self.labels)):
+            raise ValueError(f"projections {q.shape} do not match {len(targets)} targets x {len(self.labels)} labels")
+        self._projections = (np.asarray(q, dtype=np.float64), tuple(targets), str(taxonomy_version))
+        self.taxonomy_version = str(taxonomy_version)
+
     def decide(self, p: np.ndarray, used: np.ndarray) -> list[Decision]:
-        choices = kl.choose(
-            kl.kl_matrix(p, self.artifact.projections),
-            self.artifact.targets,
-            abstain_threshold=self.abstain_threshold,
-            fallback=self.fallback,
-        )
-        return [Decision(c.category, c.kl, c.alternatives, c.abstained, bool(u)) for c, u in zip(choices, used)]
+        q, targets, version = self._projections  # one read: the whole batch uses one taxonomy
+        k = kl.kl_matrix(p, q)
+        choices = kl.choose(k, targets, abstain_threshold=self.abstain_threshold, fallback=self.fallback)
+        cal = self.artifact.calibration
+        conf = cal.confidence(k, used) if cal is not None and len(targets) > 1 else [None] * len(choices)
+        return [Decision(c.category, c.kl, c.alternatives, c.abstained, bool(u),
+                         None if f is None else float(f), version)
+                for c, u, f in zip(choices, used, conf)]
 
     def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
         image_p, text_p, used = self.source_distributions(texts, images)

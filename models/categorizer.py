@@ -14,6 +14,8 @@ class Decision:
     alternatives: tuple[tuple[str, float], ...]  # the next two targets and their KL
     abstained: bool
     image_used: bool
+    confidence: float | None = None  # calibrated P(category is right); None without a calibration
+    taxonomy_version: str | None = None  # projections the choice used (they can change between batches)
 
 
 class Categorizer(Protocol):

@@ -7,6 +7,8 @@ distribution (`models.kl`). Projections mix three pieces of evidence, see
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -23,6 +25,8 @@ class Category:
     description: str
     keywords: tuple[str, ...]
     source_classes: tuple[str, ...]  # catalogue articleTypes that belong to this category
+    examples: tuple[str, ...] = ()  # labelled product texts (taxonomy files of `shelver taxonomy apply`)
+    carries: tuple[str, ...] = ()  # old categories this one replaces (``from:`` in a taxonomy file)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
             description=str(c.get("description", "")),
             keywords=tuple(str(k) for k in c.get("keywords", ())),
             source_classes=tuple(str(s) for s in c.get("source_classes", ())),
+            examples=tuple(str(e) for e in c.get("examples", ()) or ()),
+            carries=tuple(str(e) for e in c.get("from", ()) or ()),
         )
         for c in d["categories"]
     )
@@ -121,3 +127,220 @@ def choose_categories(
 ) -> list[kl.Choice]:
     """KL-nearest target per prediction row (abstaining to ``fallback`` above ``threshold``)."""
     return kl.choose(kl.kl_matrix(p, q), targets, abstain_threshold=threshold, fallback=fallback)
+
+
+# ---- human in the loop: corrections blended into the projections (pure, no I/O) -------------------
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One person's decision: product ``product_id`` belongs to ``category``; ``p`` is its predicted
+    distribution over the source labels (what the model saw when it chose)."""
+
+    product_id: str
+    category: str
+    p: np.ndarray  # [S], sums to one
+    reviewer: str | None = None
+    stamp: str = ""  # e.g. the correction time; only feeds `projection_version`
+
+
+def reviewer_weights(reviewers: Sequence[str | None], cap: float) -> np.ndarray:
+    """Weight per correction: 1, except that all corrections of one reviewer share at most ``cap``.
+
+    A reviewer with n > cap corrections gives each min(1, cap / n): the reviewer's own mean is kept,
+    its pull is bounded, and the result does not depend on the order corrections arrived in (so every
+    instance reading the same compacted topic agrees). Corrections without a reviewer count as one
+    reviewer, ``None``.
+    """
+    counts: dict[str | None, int] = {}
+    for r in reviewers:
+        counts[r] = counts.get(r, 0) + 1
+    return np.array([min(1.0, cap / counts[r]) for r in reviewers], dtype=np.float64)
+
+
+def corrected_projections(
+    prior: np.ndarray,
+    targets: Sequence[str],
+    corrections: Sequence[Correction],
+    prior_strength: float = 10.0,
+    reviewer_cap: float = 20.0,
+    carried_from: dict[str, Sequence[str]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Projections after corrections, and the corrections' total weight per target ([T, S], [T]).
+
+    LEEP-style running estimate of P(source | target) from corrected products, blended with the
+    taxonomy's prior q_t (which stands for ``prior_strength`` corrections):
+
+        q_t = (k * prior_t + sum_i w_i p_i) / (k + sum_i w_i)      over corrections i of target t
+
+    with w_i from `reviewer_weights`. Rows stay strictly positive because the prior is. Bound on
+    abuse: one reviewer's corrections weigh at most ``reviewer_cap`` in total, so they move any q_t
+    at most cap / (k + cap) of the way (total variation) towards that reviewer's own mean, less as
+    other reviewers' corrections accumulate. A correction counts for target t when it names t or a
+    name in ``carried_from[t]`` (renames and merges); any other name is ignored here (the reader sends
+    those to the DLQ).
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    owner: dict[str, int] = {}
+    for t, name in enumerate(targets):
+        for alias in (carried_from or {}).get(name, ()):
+            owner.setdefault(alias, t)
+        owner[name] = t  # a current name always wins over an alias
+    num = np.zeros_like(prior)
+    mass = np.zeros(len(targets))
+    kept = [c for c in corrections if c.category in owner]
+    if kept:
+        w = reviewer_weights([c.reviewer for c in kept], reviewer_cap)
+        for c, wi in zip(kept, w):
+            t = owner[c.category]
+            num[t] += wi * np.asarray(c.p, dtype=np.float64)
+            mass[t] += wi
+    q = (prior_strength * prior + num) / (prior_strength + mass)[:, None]
+    return kl.normalize_rows(q), mass
+
+
+def projection_version(base_version: str, corrections: Sequence[Correction], targets: Sequence[str],
+                       carried_from: dict[str, Sequence[str]] | None = None) -> str:
+    """``<base>`` without applicable corrections, else ``<base>+c<count>.<digest>``.
+
+    The digest covers the sorted (product, category, reviewer, stamp) of the corrections that count,
+    so every instance that has read the same corrections stamps the same version, whatever the order.
+    """
+    names = set(targets) | {a for v in (carried_from or {}).values() for a in v}
+    kept = sorted((c.product_id, c.category, c.reviewer or "", c.stamp) for c in corrections if c.category in names)
+    if not kept:
+        return base_version
+    digest = hashlib.sha256(repr(kept).encode()).hexdigest()[:8]
+    return f"{base_version}+c{len(kept)}.{digest}"
+
+
+# ---- taxonomy changes without retraining (`shelver taxonomy apply`; pure) -----------------------------
+
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file that must not be applied; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_taxonomy(doc: dict) -> Taxonomy:
+    """A taxonomy file's content → Taxonomy, with structural checks (all problems at once)."""
+    problems: list[str] = []
+    if not isinstance(doc, dict) or not isinstance(doc.get("categories"), list) or not doc["categories"]:
+        raise TaxonomyError(["the file needs a non-empty 'categories' list"])
+    version = str(doc.get("version") or "").strip()
+    if not version:
+        problems.append("'version' is required")
+    cats: list[Category] = []
+    for i, c in enumerate(doc["categories"]):
+        if not isinstance(c, dict):
+            problems.append(f"category #{i + 1} is not a mapping")
+            continue
+        name = str(c.get("name", ""))
+        where = f"category {name or '#' + str(i + 1)}"
+        if not _NAME.match(name):
+            problems.append(f"{where}: name must be UPPER_CASE letters, digits, _ (≤ 64)")
+        unknown = set(c) - {"name", "description", "keywords", "source_classes", "examples", "from"}
+        if unknown:
+            problems.append(f"{where}: unknown field(s) {sorted(unknown)}")
+        if not str(c.get("description") or "").strip():
+            problems.append(f"{where}: description is required")
+        for key in ("keywords", "source_classes", "examples", "from"):
+            v = c.get(key, [])
+            if v is not None and not (isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)):
+                problems.append(f"{where}: {key} must be a list of non-empty strings")
+        if not c.get("keywords"):
+            problems.append(f"{where}: at least one keyword is required")
+        cats.append(Category(name, str(c.get("description") or ""), tuple(c.get("keywords") or ()),
+                             tuple(c.get("source_classes") or ()), tuple(c.get("examples") or ()),
+                             tuple(c.get("from") or ())))
+    names = [c.name for c in cats]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"duplicate category names {dupes}")
+    fallback = str(doc.get("fallback", "OTHERS"))
+    if fallback not in names:
+        problems.append(f"fallback {fallback!r} is not one of the categories")
+    if problems:
+        raise TaxonomyError(problems)
+    return Taxonomy(version=version, fallback=fallback, categories=tuple(cats))
+
+
+def plan_change(new: Taxonomy, current: Taxonomy, labels: Sequence[str], article_to_label: dict[str, str]
+                ) -> tuple[dict[str, list[str]], list[str]]:
+    """Check ``new`` against the running ``current`` taxonomy and the model's labels.
+
+    Returns (carried_from, rebuilt): corrections of an old category that is gone and claimed (``from``)
+    by exactly one new category carry over to it (rename, merge; a split carries nothing, the parts
+    start from their examples); ``rebuilt`` are the categories whose projection is computed anew
+    (new ones, and ones with examples or changed source classes); all others keep their current row.
+    """
+    problems: list[str] = []
+    if new.version == current.version:
+        problems.append(f"version {new.version!r} is already applied; give the new taxonomy a new version")
+    old = {c.name: c for c in current.categories}
+    known_sources = set(labels) | set(article_to_label)
+    claims: dict[str, list[str]] = {}
+    rebuilt: list[str] = []
+    for c in new.categories:
+        bad = sorted(set(c.source_classes) - known_sources)
+        if bad:
+            problems.append(f"category {c.name}: unknown source classes {bad}")
+        for o in c.carries:
+            if o not in old:
+                problems.append(f"category {c.name}: 'from' names {o!r}, which is not in taxonomy {current.version}")
+            claims.setdefault(o, []).append(c.name)
+        prev = old.get(c.name)
+        if prev is None or c.examples or set(c.source_classes) != set(prev.source_classes):
+            rebuilt.append(c.name)
+            if not c.examples and not resolve_sources(c, labels, article_to_label):
+                problems.append(f"category {c.name}: needs examples or source classes (no evidence to project)")
+    if problems:
+        raise TaxonomyError(problems)
+    names = set(new.targets)
+    carried: dict[str, list[str]] = {}
+    for o, claimers in claims.items():
+        if o not in names and len(claimers) == 1:
+            carried.setdefault(claimers[0], []).append(o)
+    return carried, rebuilt
+
+
+def resolve_sources(category: Category, labels: Sequence[str], article_to_label: dict[str, str]) -> list[int]:
+    """Label indices of a category's source classes, given as labels or as catalogue articleTypes."""
+    wanted = {article_to_label.get(s, s) for s in category.source_classes}
+    return sorted(set(mapped_classes(category, labels)) | {i for i, lab in enumerate(labels) if lab in wanted})
+
+
+def changed_projections(
+    new: Taxonomy,
+    current_targets: Sequence[str],
+    current_q: np.ndarray,
+    rebuilt: Sequence[str],
+    labels: Sequence[str],
+    article_to_label: dict[str, str],
+    predict,
+    alpha: float = 1e-2,
+) -> np.ndarray:
+    """[T_new, S]: kept rows copied from ``current_q``; rebuilt rows = ½ uniform over the resolved
+    source classes + ½ mean predicted distribution of the category's examples (the same LEEP-style
+    recipe as `build_projections`, a missing half dropping out), smoothed."""
+    rows = []
+    cur = {t: i for i, t in enumerate(current_targets)}
+    for c in new.categories:
+        if c.name not in rebuilt:
+            rows.append(np.asarray(current_q[cur[c.name]], dtype=np.float64))
+            continue
+        parts = []
+        idx = resolve_sources(c, labels, article_to_label)
+        if idx:
+            m = np.zeros(len(labels))
+            m[idx] = 1.0 / len(idx)
+            parts.append(m)
+        if c.examples:
+            parts.append(kl.normalize_rows(np.asarray(predict(list(c.examples)), dtype=np.float64)).mean(axis=0))
+        rows.append(kl.smooth(np.mean(parts, axis=0)[None, :], alpha)[0])
+    return np.stack(rows)

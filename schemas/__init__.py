@@ -90,8 +90,35 @@ class CategoryAssigned(_Model):
     source_offset: int = Field(ge=0)
     replayed: bool = False
     processed_at: AwareDatetime
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    needs_review: bool = False
+
+
+class CategoryCorrected(_Model):
+    """A person's category for a product (human in the loop; see consumer/corrections.py)."""
+
+    product_id: str = Field(min_length=1, max_length=128)
+    category: str = Field(min_length=1, max_length=64)
+    source_distribution: list[float] | None = Field(default=None, max_length=10_000)
+    model_version: str | None = None
+    text: str | None = Field(default=None, max_length=21_000)
+    reviewer: str | None = Field(default=None, max_length=128)
+    corrected_at: AwareDatetime
+
+
+class TaxonomyPublished(_Model):
+    """A taxonomy version with its projections (``shelver taxonomy apply``)."""
+
+    version: str = Field(min_length=1, max_length=128)
+    model_version: str
+    fallback: str
+    targets: list[str] = Field(min_length=1)
+    projections: list[list[float]]
+    carried_from: dict[str, list[str]] = Field(default_factory=dict)
+    document: str
+    published_at: AwareDatetime
 
 
 __all__ = [
-    "Alternative", "CategoryAssigned", "ProductEvent", "SCHEMA_DIR", "load_schema", "schema_text",
+    "Alternative", "CategoryAssigned", "CategoryCorrected", "ProductEvent", "TaxonomyPublished", "SCHEMA_DIR", "load_schema", "schema_text",
 ]

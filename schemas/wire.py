@@ -17,7 +17,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas import SCHEMA_DIR, load_schema, schema_text
 
-SCHEMAS = ("product_event", "category_assigned")
+SCHEMAS = ("product_event", "category_assigned", "category_corrected", "taxonomy_published")
 MAGIC = b"\xc3\x01"  # Avro single-object encoding marker
 
 

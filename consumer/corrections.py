@@ -1,0 +1,245 @@
+"""Human in the loop: read corrections and taxonomy versions, keep the projections current.
+
+Every instance runs one `ProjectionUpdater` thread. It reads the compacted corrections topic
+(``CategoryCorrected``, key = product id) and the compacted taxonomy topic (``TaxonomyPublished``,
+key = model version) **from the beginning, with its own consumer that never commits**, so every
+instance, and every restart, rebuilds the same state from the same log:
+
+* the latest taxonomy published for this model (or the artifact's own, when none), and
+* the latest correction of every product.
+
+The projections are a pure function of that state (`models.taxonomy.corrected_projections`; the
+order in which the two topics interleave does not matter), so all instances converge to the same
+q_t and stamp the same ``taxonomy_version`` (`models.taxonomy.projection_version`). After each poll
+the thread swaps them into the categorizer with one reference assignment; the inference thread reads
+them once per batch, so a batch never mixes two versions.
+
+Abuse guard: a correction naming a category the current taxonomy does not know (nor carries from a
+renamed/merged one), or carrying no usable distribution and no text, goes to the DLQ (header
+``error``: ``unknown_category``, ``no_distribution``, ``undecodable``). Only records that arrive
+while the instance runs are sent there (offset >= the end offset seen at start), so a restart does not
+re-send old ones; with N instances running, each sends its own copy. Each reviewer's total weight is
+capped (see `models.taxonomy.reviewer_weights`).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from consumer.config import Settings
+from consumer.kafka_io import make_consumer, make_producer
+from consumer.logs import get_logger
+from models.taxonomy import Correction, corrected_projections, projection_version
+from schemas import CategoryCorrected, TaxonomyPublished
+from schemas.wire import WireFormatError, make_codec
+
+log = get_logger("shelver.corrections")
+
+
+@dataclass
+class Base:
+    """The taxonomy the corrections are blended into."""
+
+    version: str
+    targets: tuple[str, ...]
+    q: np.ndarray
+    carried_from: dict[str, list[str]] = field(default_factory=dict)
+
+    def known(self, category: str) -> bool:
+        return category in self.targets or any(category in v for v in self.carried_from.values())
+
+
+class ProjectionState:
+    """The state one instance rebuilds from the two topics (no I/O; unit-tested)."""
+
+    def __init__(self, base: Base, labels: int, model_version: str, prior_strength: float, reviewer_cap: float):
+        self.base, self.n_labels, self.model_version = base, labels, model_version
+        self.prior_strength, self.reviewer_cap = prior_strength, reviewer_cap
+        self.corrections: dict[str, Correction] = {}
+
+    def set_taxonomy(self, rec: TaxonomyPublished) -> bool:
+        """Adopt a published taxonomy if it is for this model (False: ignored)."""
+        q = np.asarray(rec.projections, dtype=np.float64)
+        if rec.model_version != self.model_version or q.shape != (len(rec.targets), self.n_labels):
+            return False
+        self.base = Base(rec.version, tuple(rec.targets), q, {k: list(v) for k, v in rec.carried_from.items()})
+        return True
+
+    def distribution(self, rec: CategoryCorrected) -> np.ndarray | None:
+        """The correction's own distribution when it is over this model's labels, else None."""
+        d = rec.source_distribution
+        if d is None or rec.model_version != self.model_version or len(d) != self.n_labels:
+            return None
+        p = np.clip(np.asarray(d, dtype=np.float64), 0.0, None)
+        return p / p.sum() if p.sum() > 0 else None
+
+    def put(self, rec: CategoryCorrected, p: np.ndarray) -> None:
+        """Record (or replace) the product's correction; compaction keeps only the latest per product too."""
+        self.corrections[rec.product_id] = Correction(rec.product_id, rec.category, p, rec.reviewer,
+                                                      rec.corrected_at.isoformat())
+
+    def remove(self, product_id: str) -> None:
+        self.corrections.pop(product_id, None)
+
+    def projections(self) -> tuple[np.ndarray, tuple[str, ...], str]:
+        cs = list(self.corrections.values())
+        q, _ = corrected_projections(self.base.q, self.base.targets, cs, self.prior_strength, self.reviewer_cap,
+                                     self.base.carried_from)
+        return q, self.base.targets, projection_version(self.base.version, cs, self.base.targets,
+                                                        self.base.carried_from)
+
+
+class ProjectionUpdater(threading.Thread):
+    """The reader thread (see the module docstring). ``categorizer`` needs ``set_projections``,
+    ``projections``, ``labels``, ``model_version`` and ``artifact.text_model`` (ArtifactCategorizer)."""
+
+    def __init__(self, settings: Settings, categorizer):
+        super().__init__(name="projections", daemon=True)
+        self.s, self.model = settings, categorizer
+        q, targets, version = categorizer.projections
+        self.state = ProjectionState(Base(version, targets, q), len(categorizer.labels), categorizer.model_version,
+                                     settings.corrections_prior_strength, settings.corrections_reviewer_cap)
+        self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
+        self.topics = [t for t in (settings.taxonomy_topic, settings.corrections_topic) if t]
+        # Its own throwaway group and no commits: every instance reads everything, every time.
+        self.consumer = make_consumer(settings, {"group.id": f"{settings.group_id}.projections.{uuid.uuid4().hex[:8]}",
+                                                 "enable.partition.eof": True})
+        self.producer = make_producer(settings)
+        self.caught_up = threading.Event()
+        self.stopping = threading.Event()
+        self.applied_version = version
+        self.dlq_sent = 0
+        self._live_from: dict[tuple[str, int], int] = {}
+        self._behind: set[tuple[str, int]] = set()
+
+    def _assign(self) -> None:
+        parts = []
+        for topic in self.topics:
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is not None:  # e.g. not created yet: serve with what we have, say so
+                log.warning("cannot read topic; its updates are not applied", topic=topic, error=str(meta.error))
+                continue
+            for p in sorted(meta.partitions):
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                self._live_from[(topic, p)] = high
+                if high > low:
+                    self._behind.add((topic, p))
+                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        self.consumer.assign(parts)
+        if not self._behind:
+            self.caught_up.set()
+
+    def run(self) -> None:
+        try:
+            self._assign()
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(500, 0.5)
+                if self._handle(msgs):
+                    self._apply()
+                if not self._behind and not self.caught_up.is_set():
+                    self._apply()
+                    self.caught_up.set()
+                self.producer.poll(0)
+        except Exception as exc:  # keep serving with the last good projections; say so loudly
+            log.error("projection updater stopped", error=f"{type(exc).__name__}: {exc}")
+            self.caught_up.set()
+        finally:
+            self.producer.flush(10)
+            self.consumer.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.join(timeout)
+
+    def _handle(self, msgs) -> bool:
+        changed = False
+        pending: dict[str, CategoryCorrected] = {}  # product id -> latest correction that needs the text model
+        for msg in msgs:
+            key = (msg.topic(), msg.partition())
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    self._behind.discard(key)
+                    continue
+                raise RuntimeError(f"reading {msg.topic()}: {msg.error()}")
+            live = msg.offset() >= self._live_from.get(key, 0)
+            if msg.offset() + 1 >= self._live_from.get(key, 0):
+                self._behind.discard(key)
+            if msg.topic() == self.s.taxonomy_topic:
+                changed |= self._taxonomy(msg)
+            else:
+                changed |= self._correction(msg, live, pending)
+        if pending:  # one model call for every correction that came with text only
+            recs = list(pending.values())
+            probs = self.model.artifact.text_model.predict_proba([r.text for r in recs])
+            for rec, p in zip(recs, probs):
+                self.state.put(rec, np.asarray(p, dtype=np.float64))
+            changed = True
+        return changed
+
+    def _taxonomy(self, msg) -> bool:
+        try:
+            rec = TaxonomyPublished.from_avro(self.codec.decode(msg.value(), "taxonomy_published", msg.topic()))
+        except Exception as exc:
+            log.warning("undecodable taxonomy record ignored", offset=msg.offset(), error=str(exc)[:200])
+            return False
+        if not self.state.set_taxonomy(rec):
+            log.info("taxonomy for another model ignored", version=rec.version, model_version=rec.model_version)
+            return False
+        log.info("taxonomy adopted", version=rec.version, targets=len(rec.targets))
+        return True
+
+    def _correction(self, msg, live: bool, pending: dict) -> bool:
+        if msg.value() is None:  # tombstone: the product's correction is withdrawn
+            pending.pop((msg.key() or b"").decode(), None)
+            self.state.remove((msg.key() or b"").decode())
+            return True
+        try:
+            rec = CategoryCorrected.from_avro(self.codec.decode(msg.value(), "category_corrected", msg.topic()))
+        except (WireFormatError, ValueError) as exc:
+            return self._reject(msg, live, "undecodable", str(exc))
+        if not self.state.base.known(rec.category):
+            return self._reject(msg, live, "unknown_category", f"{rec.category!r} is not in taxonomy "
+                                                               f"{self.state.base.version}")
+        p = self.state.distribution(rec)
+        pending.pop(rec.product_id, None)  # a later record of the same product replaces an earlier one
+        if p is not None:
+            self.state.put(rec, p)
+            return True
+        if rec.text:
+            pending[rec.product_id] = rec
+            return False
+        return self._reject(msg, live, "no_distribution", "no source_distribution for this model and no text")
+
+    def _reject(self, msg, live: bool, code: str, reason: str) -> bool:
+        log.warning("correction rejected", code=code, reason=reason[:200], offset=msg.offset(), live=live)
+        if live and self.s.dlq_topic:
+            self.producer.produce(self.s.dlq_topic, msg.value(), msg.key(), headers=[
+                ("error", code.encode()), ("error_reason", reason[:500].encode()),
+                ("source_topic", msg.topic().encode()), ("source_partition", str(msg.partition()).encode()),
+                ("source_offset", str(msg.offset()).encode())])
+            self.dlq_sent += 1
+        return False
+
+    def _apply(self) -> None:
+        q, targets, version = self.state.projections()
+        if version != self.applied_version or targets != self.model.projections[1]:
+            self.model.set_projections(q, targets, version)
+            self.applied_version = version
+            log.info("projections updated", taxonomy_version=version, corrections=len(self.state.corrections))
+
+
+def start_projection_updater(settings: Settings, categorizer) -> ProjectionUpdater | None:
+    """Start the reader and wait (bounded) until it has read both topics to their end, so the first
+    batch already uses the current projections. None when switched off or the model cannot swap."""
+    if not (settings.corrections_topic or settings.taxonomy_topic) or not hasattr(categorizer, "set_projections"):
+        return None
+    updater = ProjectionUpdater(settings, categorizer)
+    updater.start()
+    if not updater.caught_up.wait(settings.corrections_catchup_timeout_s):
+        log.warning("corrections not read to the end in time; starting with what is read so far",
+                    timeout_s=settings.corrections_catchup_timeout_s)
+    return updater
