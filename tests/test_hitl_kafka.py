@@ -1,0 +1,247 @@
+"""Human in the loop against the real broker with the committed artifact (text-only events):
+review routing, corrections shared by every instance, and a taxonomy split applied to a running
+service then replayed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumer.config import Settings
+from consumer.corrections import start_projection_updater
+from consumer.replay import replay
+from consumer.sample import publish
+from consumer.service import Service
+from models.artifact import ArtifactCategorizer, load_artifact
+from schemas import CategoryAssigned, CategoryCorrected, ProductEvent
+from schemas.wire import make_codec
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    return load_artifact(Settings().resolved_artifact_dir())
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, topic_factory):
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def compacted(prefix: str, partitions: int) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        admin.create_topics([NewTopic(name, num_partitions=partitions, config={"cleanup.policy": "compact"})],
+                            operation_timeout=30)[name].result()
+        return name
+
+    def make(**overrides) -> Settings:
+        base = dict(
+            bootstrap_servers=kafka_bootstrap, group_id=f"shelver-hitl-{uuid.uuid4().hex[:8]}",
+            input_topic=topic_factory(3, "in"), replay_topic=topic_factory(3, "replay"),
+            output_topic=topic_factory(3, "out"), dlq_topic=topic_factory(1, "dlq"),
+            review_topic=topic_factory(1, "review"), corrections_topic=compacted("corrections", 3),
+            taxonomy_topic=compacted("taxonomy", 1), max_batch_size=8, max_batch_wait_ms=50,
+        )
+        return Settings(**{**base, **overrides})
+
+    return make
+
+
+def events(titles: list[str], prefix: str) -> list[ProductEvent]:
+    now = datetime.now(timezone.utc)
+    return [ProductEvent(product_id=f"{prefix}{i}", title=t, event_time=now) for i, t in enumerate(titles)]
+
+
+def read_topic(s: Settings, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
+    """Every record of ``topic`` (waits for ``expected``, then ``settle`` s more to catch extras)."""
+    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out, deadline, extra_until = [], time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < (extra_until or deadline):
+            for m in c.consume(100, 0.2):
+                assert not m.error(), m.error()
+                out.append(m)
+            if extra_until is None and len(out) >= expected:
+                extra_until = time.monotonic() + settle
+    finally:
+        c.close()
+    return out
+
+
+def assigned(s: Settings, msgs) -> list[CategoryAssigned]:
+    codec = make_codec(None)
+    return [CategoryAssigned.from_avro(codec.decode(m.value(), "category_assigned", m.topic())) for m in msgs]
+
+
+def committed(s: Settings) -> int:
+    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id})
+    try:
+        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(s.input_topic, p) for p in range(3)], 10))
+    finally:
+        c.close()
+
+
+def run_service(s: Settings, model, **kw) -> tuple[Service, threading.Thread]:
+    svc = Service(s, model, **kw)
+    t = threading.Thread(target=lambda: setattr(svc, "rc", svc.run()), daemon=True)
+    t.start()
+    return svc, t
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+CLEAR_AND_VAGUE = [
+    "Black leather ankle boots with block heel", "Leather shoulder bag with card slots and zip", "Gold hoop earrings",
+    "Blue skinny fit jeans, five pockets, zip fly", "Floral midi dress with V-neck", "Men's cotton crew neck t-shirt",
+    "Print, 100% silk", "Flowy fabric, decorative knots", "Contrasting finish", "Elastic, inner lining",
+    "Pleated fabric, chain print", "Fringed finish",
+]
+
+
+def test_low_confidence_results_carry_needs_review_and_also_go_to_the_review_topic(settings, artifact):
+    s = settings(review_threshold=0.9)
+    publish(s, events(CLEAR_AND_VAGUE, "r"))
+    svc, t = run_service(s, ArtifactCategorizer(artifact), max_events=len(CLEAR_AND_VAGUE))
+    t.join(120)
+    assert svc.rc == 0
+    out = assigned(s, read_topic(s, s.output_topic, len(CLEAR_AND_VAGUE)))
+    review = read_topic(s, s.review_topic, 1)
+    assert all(r.confidence is not None and 0 <= r.confidence <= 1 for r in out)
+    flagged = {r.product_id for r in out if r.needs_review}
+    assert flagged == {r.product_id for r in out if r.confidence < 0.9}
+    assert 0 < len(flagged) < len(out)  # clear products are accepted, vague ones are not
+    assert sorted(m.key().decode() for m in review) == sorted(flagged)
+    assert all(r.needs_review for r in assigned(s, review))
+    assert committed(s) == len(CLEAR_AND_VAGUE)
+
+
+def test_failed_review_delivery_stops_without_committing(settings, artifact):
+    # The review topic does not exist (the broker does not auto-create): results are delivered, the
+    # review copies are not, so the batch must not be committed.
+    s = settings(review_threshold=1.0, review_topic=f"missing.{uuid.uuid4().hex[:8]}",
+                 kafka_options={"message.timeout.ms": "3000"})
+    publish(s, events(CLEAR_AND_VAGUE[:4], "f"))
+    svc, t = run_service(s, ArtifactCategorizer(artifact), max_events=4)
+    t.join(120)
+    assert svc.rc == 1 and "delivery" in svc.failure and "missing." in svc.failure
+    assert committed(s) == 0
+
+
+def publish_corrections(s: Settings, records: list[CategoryCorrected]) -> None:
+    codec = make_codec(None)
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers})
+    for r in records:
+        producer.produce(s.corrections_topic, codec.encode(r.to_avro(), "category_corrected", s.corrections_topic),
+                         r.product_id.encode())
+    assert producer.flush(30) == 0
+
+
+def test_corrections_reach_every_instance_identically_survive_restarts_and_reject_abuse(settings, artifact):
+    s = settings()
+    first = ArtifactCategorizer(artifact)
+    base_version = first.taxonomy_version
+    updater = start_projection_updater(s, first)
+    now = datetime.now(timezone.utc)
+    good = [CategoryCorrected(product_id=f"c{i}", category="LINGERIE", text=t, reviewer=f"rev{i % 2}", corrected_at=now)
+            for i, t in enumerate(["Triangular design, bow fastening on neck and back", "Elastic, thin straps",
+                                   "Lace bralette with scalloped edges", "Elastic, inner lining"])]
+    dist = [1.0 / len(first.labels)] * len(first.labels)
+    good.append(CategoryCorrected(product_id="c9", category="OTHERS", source_distribution=dist,
+                                  model_version=first.model_version, corrected_at=now))
+    bad = [CategoryCorrected(product_id="x1", category="SPACESHIPS", text="rocket", corrected_at=now),
+           CategoryCorrected(product_id="x2", category="TOPS", source_distribution=[1.0, 0.0], model_version="other",
+                             corrected_at=now)]
+    try:
+        publish_corrections(s, good + bad)
+        wait_for(lambda: first.taxonomy_version.startswith(f"{base_version}+c5."), what="corrections applied")
+        decision = first.categorize(["Elastic, inner lining"], [None])[0]
+        assert decision.taxonomy_version == first.taxonomy_version  # results are stamped with the new version
+        lingerie = list(first.projections[1]).index("LINGERIE")
+        assert not np.allclose(first.projections[0][lingerie], artifact.projections[lingerie])
+        dlq = read_topic(s, s.dlq_topic, 2)
+        assert sorted(dict(m.headers())["error"].decode() for m in dlq) == ["no_distribution", "unknown_category"]
+        assert sorted(m.key().decode() for m in dlq) == ["x1", "x2"]
+
+        # A second instance (or this one restarted) rebuilds exactly the same projections from the topic,
+        # and does not send the old rejects to the DLQ again.
+        second = ArtifactCategorizer(artifact)
+        other = start_projection_updater(s, second)
+        try:
+            assert second.taxonomy_version == first.taxonomy_version
+            np.testing.assert_allclose(second.projections[0], first.projections[0])
+            assert other.dlq_sent == 0
+        finally:
+            other.stop()
+    finally:
+        updater.stop()
+
+
+SWIMWEAR_EXAMPLES = ["Triangle bikini top with ties", "One-piece swimsuit with racer back", "High-waisted bikini bottoms",
+                     "Swimsuit with cut-out back and adjustable straps", "Women's swimwear, printed bikini set"]
+SWIM = ["Black halter-neck bikini set", "Striped one-piece swimsuit with thin straps", "Bandeau bikini top, removable padding",
+        "Navy swimsuit, chlorine resistant"]
+INTIMATES = ["Lace underwire bra", "Cotton briefs, pack of three", "Padded push-up bra with lace trim"]
+
+
+def split_file(path: Path) -> Path:
+    doc = yaml.safe_load((REPO / "models" / "taxonomies" / "marketplace.yaml").read_text())
+    doc["version"] = "marketplace-v2-swimwear"
+    doc["categories"].append({
+        "name": "SWIMWEAR", "description": "Swimsuits, bikinis and beachwear.", "from": ["LINGERIE"],
+        "keywords": ["swimsuit", "bikini", "swimwear", "bathing suit", "halter neck"], "examples": SWIMWEAR_EXAMPLES,
+    })
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_taxonomy_split_applied_to_a_running_service_and_replayed(settings, artifact, tmp_path):
+    s = settings(review_topic="")
+    model = ArtifactCategorizer(artifact)
+    updater = start_projection_updater(s, model)
+    svc, t = run_service(s, model)
+    try:
+        started = datetime.now(timezone.utc) - timedelta(seconds=1)
+        products = events(SWIM, "swim") + events(INTIMATES, "lin")
+        publish(s, products)
+        before = {r.product_id: r for r in assigned(s, read_topic(s, s.output_topic, len(products), settle=0.2))}
+        assert {r.category for pid, r in before.items() if pid.startswith("swim")} <= {"LINGERIE"}
+
+        env = {**os.environ, "PYTHONPATH": str(REPO), "SHELVER_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+               "SHELVER_TAXONOMY_TOPIC": s.taxonomy_topic, "SHELVER_GROUP_ID": s.group_id}
+        cli = subprocess.run([sys.executable, "-m", "consumer.cli", "taxonomy", "apply", str(split_file(tmp_path / "t.yaml"))],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        assert '"rebuilt": ["SWIMWEAR"]' in cli.stdout
+        wait_for(lambda: model.taxonomy_version == "marketplace-v2-swimwear", what="taxonomy adopted")
+
+        assert replay(s, s.input_topic, started, None, s.replay_topic) == len(products)
+        out = assigned(s, read_topic(s, s.output_topic, 2 * len(products), settle=0.2))
+        replayed = {r.product_id: r for r in out if r.replayed}
+        assert set(replayed) == {p.product_id for p in products}
+        for pid, r in replayed.items():
+            assert r.taxonomy_version == "marketplace-v2-swimwear"
+            assert r.category == ("SWIMWEAR" if pid.startswith("swim") else "LINGERIE"), (pid, r.category, r.alternatives)
+    finally:
+        svc.stop()
+        t.join(60)
+        updater.stop()

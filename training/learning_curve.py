@@ -1,0 +1,126 @@
+"""Measured learning curve of the online corrections (`python -m training.learning_curve`).
+
+Streams the labelled marketplace *examples* part, in file order, as corrections through the same
+state and update rule the service runs (`consumer.corrections.ProjectionState`,
+`models.taxonomy.corrected_projections`; each correction carries its text and the text model
+supplies its source distribution, as the service does for text-only corrections) and after every 25
+corrections scores the *evaluation* part (text only, argmin KL, no retraining). It starts from the
+projections without examples (uniform over each category's mapped source classes).
+
+Two text models, both fixed during the stream:
+  * ``noex``: the production recipe trained without the labelled examples (`training.crossfit`):
+    the honest case, the model never saw the corrected products;
+  * ``artifact``: the committed model, whose training did include these examples (only its
+    projections learn online here), i.e. what a running service would do with them.
+Reviewers are simulated round robin (``--reviewers``) since one person labelled the whole sample; the
+per-reviewer cap then applies as in production. The prior strength is chosen by prequential accuracy
+(each correction scored before it is applied) inside the examples part only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from consumer.corrections import Base, ProjectionState
+from models import kl
+from models.taxonomy import build_projections, load_taxonomy
+from schemas import CategoryCorrected
+from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev
+
+OFFLINE_RECIPE_ACC = 0.806  # README: the committed recipe trained on the same examples, evaluation part
+
+
+def stream(tm, taxonomy, ex, ev, prior_strength: float, reviewer_cap: float, n_reviewers: int, every: int = 25,
+           model_version: str = "m") -> dict:
+    """Accuracy on ``ev`` after every ``every`` corrections of ``ex``, and prequential accuracy on ``ex``."""
+    labels = list(tm.labels)
+    prior = build_projections(taxonomy, labels, tm, None)  # mapped source classes only: no examples
+    state = ProjectionState(Base(taxonomy.version, taxonomy.targets, prior), len(labels), model_version,
+                            prior_strength, reviewer_cap)
+    ex_p = kl.normalize_rows(tm.predict_proba(ex["text"].tolist()))
+    ev_p = tm.predict_proba(ev["text"].tolist())
+    targets = np.array(taxonomy.targets)
+    truth = ev["label"].to_numpy()
+
+    def score() -> float:
+        q, _, _ = state.projections()
+        return float(np.mean(targets[kl.kl_matrix(ev_p, q).argmin(1)] == truth))
+
+    curve, hits = [(0, score())], []
+    now = datetime.now(timezone.utc)
+    for i, (pid, label, p) in enumerate(zip(ex["index"], ex["label"], ex_p)):
+        q, _, _ = state.projections()
+        hits.append(targets[kl.kl_matrix(p[None, :], q).argmin(1)[0]] == label)  # before learning from it
+        rec = CategoryCorrected(product_id=str(pid), category=label, reviewer=f"reviewer-{i % n_reviewers}",
+                                corrected_at=now)
+        state.put(rec, p)
+        if (i + 1) % every == 0 or i + 1 == len(ex):
+            curve.append((i + 1, score()))
+    return {"curve": curve, "prequential": float(np.mean(hits)), "final": curve[-1][1],
+            "version": state.projections()[2]}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from consumer.config import Settings
+    from models.text_model import load_text_model
+    from training.crossfit import noex_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reviewers", type=int, default=5)
+    ap.add_argument("--reviewer-cap", type=float, default=Settings.model_fields["corrections_reviewer_cap"].default)
+    ap.add_argument("--strengths", default="1,3,10,30")
+    ap.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    args = ap.parse_args(argv)
+    taxonomy = load_taxonomy(TAXONOMY)
+    dev = load_dev()
+    ex_idx, ev_idx = dev_split(dev)
+    ex, ev = dev.iloc[ex_idx], dev.iloc[ev_idx]
+    ex, ev = ex[ex["label"] != UNLABELABLE], ev[ev["label"] != UNLABELABLE]
+    models = {"noex": noex_model(), "artifact": load_text_model(Settings().resolved_artifact_dir() / "text")}
+    out: dict = {"n_examples": len(ex), "n_eval": len(ev), "reviewers": args.reviewers,
+                 "reviewer_cap": args.reviewer_cap, "offline_recipe": OFFLINE_RECIPE_ACC, "models": {}}
+    for name, tm in models.items():
+        runs = {float(k): stream(tm, taxonomy, ex, ev, float(k), args.reviewer_cap, args.reviewers)
+                for k in args.strengths.split(",")}
+        best = max(runs, key=lambda k: runs[k]["prequential"])  # chosen inside the examples part only
+        r = runs[best]
+        reach = next((n for n, acc in r["curve"] if acc >= OFFLINE_RECIPE_ACC), None)
+        out["models"][name] = {"prior_strength": best, "prequential_by_strength": {k: v["prequential"] for k, v in runs.items()},
+                               "final_by_strength": {k: v["final"] for k, v in runs.items()},
+                               "curve": r["curve"], "final": r["final"], "corrections": r["curve"][-1][0],
+                               "first_at_or_above_offline": reach}
+        print(f"{name:8s} prior strength {best:g} (prequential {r['prequential']:.3f}): start {r['curve'][0][1]:.3f} "
+              f"→ final {r['final']:.3f} after {r['curve'][-1][0]} corrections; ≥ {OFFLINE_RECIPE_ACC:.1%} first at "
+              f"{reach}")
+    _plot(out, args.report_dir / "learning_curve.png")
+    (args.report_dir / "learning_curve.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    names = {"noex": "text model without examples", "artifact": "committed text model (trained with them)"}
+    for name, r in out["models"].items():
+        n, acc = zip(*r["curve"])
+        ax.plot(n, acc, marker="o", ms=3, label=f"{names[name]}, prior strength {r['prior_strength']:g}")
+    ax.axhline(out["offline_recipe"], ls="--", c="grey", label=f"offline recipe ({out['offline_recipe']:.1%})")
+    ax.set_xlabel("corrections streamed (labelled examples part, file order)")
+    ax.set_ylabel(f"accuracy on the evaluation part (n={out['n_eval']})")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
