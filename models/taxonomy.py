@@ -283,7 +283,9 @@ def plan_change(new: Taxonomy, current: Taxonomy, labels: Sequence[str], article
     if new.version == current.version:
         problems.append(f"version {new.version!r} is already applied; give the new taxonomy a new version")
     old = {c.name: c for c in current.categories}
-    known_sources = set(labels) | set(article_to_label)
+    # Names the model knows, plus any the running taxonomy already lists (rare articleTypes dropped from
+    # the label space stay valid there, they simply map to nothing).
+    known_sources = set(labels) | set(article_to_label) | {x for c in current.categories for x in c.source_classes}
     claims: dict[str, list[str]] = {}
     rebuilt: list[str] = []
     for c in new.categories:

@@ -52,6 +52,7 @@ def test_ensure_topics_is_idempotent(kafka_bootstrap):
     settings = Settings(
         bootstrap_servers=kafka_bootstrap, input_topic=f"in.{suffix}", replay_topic=None,
         output_topic=f"out.{suffix}", dlq_topic=f"dlq.{suffix}",
+        review_topic=None, corrections_topic=None, taxonomy_topic=None,  # hitl topics: tests/test_hitl_kafka.py
     )
     ensure_topics(settings, partitions=2)
     ensure_topics(settings, partitions=2)

@@ -1,7 +1,7 @@
 """Fit the confidence calibration of an artifact and measure it (`python -m training.calibrate`).
 
 Fitting data (never the data the numbers below are measured on):
-  * half A of the catalogue held-out split (seeded), scored as the service scores it (image + text);
+  * half A of a seeded sample of the catalogue held-out split (1,600 rows by default), scored as the service scores it (image + text);
   * the labelled marketplace *examples* part, scored out of fold (`training.crossfit`: text models
     trained with the other fold's examples, projections from that fold), i.e. distributed like the
     deployed model's answers on marketplace products it never saw. Text only.
@@ -92,8 +92,9 @@ def threshold_for_accuracy(conf: np.ndarray, correct: np.ndarray, target: float 
 # ---- data (TensorFlow, the catalogue, the labelled marketplace sample) ------------------------------
 
 
-def _catalogue_rows(cat, cache: Path) -> dict[str, np.ndarray]:
-    """KL rows of the catalogue held-out split as the service scores it (cached: image decoding is slow)."""
+def _catalogue_rows(cat, cache: Path, max_rows: int) -> dict[str, np.ndarray]:
+    """KL rows of (a seeded sample of ``max_rows`` of) the catalogue held-out split as the service scores
+    it (cached: image decoding is slow on 2 CPU cores)."""
     from models import kl
     from training import data
     from training.evaluate import image_probabilities
@@ -107,6 +108,8 @@ def _catalogue_rows(cat, cache: Path) -> dict[str, np.ndarray]:
     y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
     df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
     _, rows = data.split(df, y)
+    if max_rows and len(rows) > max_rows:
+        rows = np.sort(np.random.default_rng(11).choice(rows, max_rows, replace=False))
     mapping = data.article_type_targets()
     truth = np.array([mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]])
     image_p = image_probabilities(cat._image_fn, cat.image_size, df["image_path"].iloc[rows].tolist())
@@ -180,12 +183,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     ap.add_argument("--marketplace-weight", type=float, default=5.0,
                     help="weight of a marketplace fitting row relative to a catalogue one")
+    ap.add_argument("--catalogue-rows", type=int, default=1600, help="sample of the held-out split (0: all 5,660)")
     args = ap.parse_args(argv)
     artifact_dir = args.artifact or Settings().resolved_artifact_dir()
     cat = load_categorizer(artifact_dir)
     targets = np.array(cat.artifact.targets)
 
-    catalogue = _catalogue_rows(cat, CACHE / f"catalogue_heldout_{cat.model_version}.npz")
+    catalogue = _catalogue_rows(cat, CACHE / f"catalogue_heldout_{cat.model_version}_{args.catalogue_rows}.npz",
+                                args.catalogue_rows)
     half = np.random.default_rng(7).permutation(len(catalogue["truth"])) % 2 == 0  # True: fitting half A
     oof = out_of_fold()
     market = _marketplace_eval_rows(cat)
@@ -210,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return cal0.confidence(k, part["used"][mask]), targets[k.argmin(1)] == part["truth"][mask]
 
     parts = {
-        "catalogue held-out, half B (image+text)": measure(catalogue, ~half),
+        "catalogue held-out sample, half B (image+text)": measure(catalogue, ~half),
         "marketplace evaluation part (text only)": measure(market),
         "marketplace examples, out of fold (fitting data)": (oof_conf, yo),
     }
