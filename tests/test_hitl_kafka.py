@@ -117,6 +117,7 @@ CLEAR_AND_VAGUE = [
 ]
 
 
+@pytest.mark.slow  # the committed artifact: ~10-16 s
 def test_low_confidence_results_carry_needs_review_and_also_go_to_the_review_topic(settings, artifact):
     s = settings(review_threshold=0.9)
     publish(s, events(CLEAR_AND_VAGUE, "r"))
@@ -134,6 +135,7 @@ def test_low_confidence_results_carry_needs_review_and_also_go_to_the_review_top
     assert committed(s) == len(CLEAR_AND_VAGUE)
 
 
+@pytest.mark.slow  # the committed artifact: ~10-16 s
 def test_failed_review_delivery_stops_without_committing(settings, artifact):
     # The review topic does not exist (the broker does not auto-create): results are delivered, the
     # review copies are not, so the batch must not be committed.
@@ -155,6 +157,7 @@ def publish_corrections(s: Settings, records: list[CategoryCorrected]) -> None:
     assert producer.flush(30) == 0
 
 
+@pytest.mark.slow  # the committed artifact: ~10-16 s
 def test_corrections_reach_every_instance_identically_survive_restarts_and_reject_abuse(settings, artifact):
     s = settings()
     first = ArtifactCategorizer(artifact)
