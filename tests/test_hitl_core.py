@@ -202,3 +202,35 @@ def test_changed_projections_keep_unchanged_rows_and_project_new_ones_from_examp
     assert q[1].argmax() == 2 and q[1, 2] > 0.98  # only examples: their mean prediction
     np.testing.assert_allclose(q[2], kl.smooth(np.array([[0, 0, 0, 1.0]]), 0.01)[0])  # sources and examples agree
     assert (q > 0).all()
+
+
+def test_taxonomy_apply_cli_rejects_a_bad_file_listing_every_problem(tmp_path, capsys):
+    from consumer.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v9\nfallback: OTHERS\ncategories:\n  - name: swim\n    keywords: []\n")
+    assert main(["taxonomy", "apply", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "UPPER_CASE" in err and "description is required" in err and "fallback 'OTHERS'" in err
+
+
+@pytest.mark.slow  # loads the committed text model
+def test_taxonomy_apply_dry_run_projects_a_split_from_a_handful_of_examples(tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from consumer.cli import main
+    from consumer.config import REPO_ROOT
+
+    doc = yaml.safe_load((REPO_ROOT / "models" / "taxonomies" / "marketplace.yaml").read_text())
+    doc["version"] = "marketplace-v2-swimwear"
+    doc["categories"].append({"name": "SWIMWEAR", "description": "Swimsuits and bikinis.", "keywords": ["bikini"],
+                              "from": ["LINGERIE"], "examples": ["Triangle bikini top", "Navy swimsuit"]})
+    f = tmp_path / "split.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("SHELVER_TAXONOMY_TOPIC", "")  # no broker: nothing published before, nothing to publish to
+    assert main(["taxonomy", "apply", "--dry-run", str(f)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rebuilt"] == ["SWIMWEAR"] and out["carried_from"] == {} and out["published"] is False
+    assert out["targets"][-1] == "SWIMWEAR" and out["previous"] == "marketplace-v1"
