@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         categorizer = load(settings)
         with src as src, dst as dst, ImageFetcher(settings, target_size=categorizer.image_size) as fetcher:
             counts = categorize_lines(src, dst, categorizer, fetcher, settings.max_batch_size,
-                                      source=Path(args.input).name)
+                                      source=Path(args.input).name, review_threshold=settings.review_threshold)
         log.info("categorized", **counts)
         return 0
     return 2

@@ -10,13 +10,15 @@ from models.categorizer import Categorizer
 
 
 def categorize_lines(src: IO[str], dst: IO[str], categorizer: Categorizer, fetcher, batch_size: int,
-                     source: str = "-") -> dict[str, int]:
+                     source: str = "-", review_threshold: float | None = None) -> dict[str, int]:
     """One output line per input line, in order: a CategoryAssigned, or ``{"line", "error", "error_reason"}``.
 
     ``source_topic`` is the input's name and ``source_offset`` the 0-based line number, so every
     result stays traceable to its input line.
     """
     counts = {"results": 0, "errors": 0}
+    if review_threshold is None:  # hitl: the artifact calibration's suggested threshold
+        review_threshold = getattr(categorizer, "default_review_threshold", None)
     lines = enumerate(src)
     while chunk := list(islice(lines, batch_size)):
         parsed: list = []
@@ -33,7 +35,7 @@ def categorize_lines(src: IO[str], dst: IO[str], categorizer: Categorizer, fetch
         images, _ = scoring.fetch_images(fetcher, categorizer, [ev.image_url for _, ev in good])
         decisions = categorizer.categorize([scoring.text_of(ev) for _, ev in good], [img for img, _ in images])
         out = {n: scoring.result(ev, d, err, categorizer, source_topic=source, source_partition=0,
-                                 source_offset=n, replayed=False).model_dump_json()
+                                 source_offset=n, replayed=False, review_threshold=review_threshold).model_dump_json()
                for (n, ev), d, (_, err) in zip(good, decisions, images)}
         for n, ev in parsed:
             if n in out:
