@@ -61,3 +61,17 @@ def test_new_records_round_trip(codec_factory):
 def test_confidence_must_be_a_probability():
     with pytest.raises(ValueError):
         assigned(confidence=1.5)
+
+
+def test_compose_creates_the_hitl_topics_with_compaction_where_state_lives():
+    import yaml
+
+    from consumer.config import REPO_ROOT, Settings
+
+    init = "\n".join(yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["kafka-init"]["entrypoint"])
+    s = Settings()
+    for topic in (s.review_topic, s.corrections_topic, s.taxonomy_topic):
+        assert f"--topic {topic} " in init
+    for topic in (s.corrections_topic, s.taxonomy_topic):
+        assert f"--topic {topic} --partitions" in init and init.split(f"--topic {topic} ")[1].split("\n")[0].endswith(
+            "cleanup.policy=compact")
