@@ -204,23 +204,32 @@ def test_changed_projections_keep_unchanged_rows_and_project_new_ones_from_examp
     assert (q > 0).all()
 
 
-def test_taxonomy_apply_cli_rejects_a_bad_file_listing_every_problem(tmp_path, capsys):
-    from consumer.cli import main
+def _shelver(*args, env=None):
+    """The real CLI in a subprocess (in-process it would bind structlog to this test's captured stderr)."""
+    import os
+    import subprocess
+    import sys
 
+    from consumer.config import REPO_ROOT
+
+    return subprocess.run([sys.executable, "-m", "consumer.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
+
+
+def test_taxonomy_apply_cli_rejects_a_bad_file_listing_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: v9\nfallback: OTHERS\ncategories:\n  - name: swim\n    keywords: []\n")
-    assert main(["taxonomy", "apply", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "UPPER_CASE" in err and "description is required" in err and "fallback 'OTHERS'" in err
+    proc = _shelver("taxonomy", "apply", str(bad))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "UPPER_CASE" in proc.stderr and "description is required" in proc.stderr and "fallback 'OTHERS'" in proc.stderr
 
 
-@pytest.mark.slow  # loads the committed text model
-def test_taxonomy_apply_dry_run_projects_a_split_from_a_handful_of_examples(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # loads TensorFlow and the committed text model
+def test_taxonomy_apply_dry_run_projects_a_split_from_a_handful_of_examples(tmp_path):
     import json
 
     import yaml
 
-    from consumer.cli import main
     from consumer.config import REPO_ROOT
 
     doc = yaml.safe_load((REPO_ROOT / "models" / "taxonomies" / "marketplace.yaml").read_text())
@@ -229,8 +238,9 @@ def test_taxonomy_apply_dry_run_projects_a_split_from_a_handful_of_examples(tmp_
                               "from": ["LINGERIE"], "examples": ["Triangle bikini top", "Navy swimsuit"]})
     f = tmp_path / "split.yaml"
     f.write_text(yaml.safe_dump(doc))
-    monkeypatch.setenv("SHELVER_TAXONOMY_TOPIC", "")  # no broker: nothing published before, nothing to publish to
-    assert main(["taxonomy", "apply", "--dry-run", str(f)]) == 0
-    out = json.loads(capsys.readouterr().out)
+    # No broker: with the taxonomy topic switched off nothing was published before and nothing is published.
+    proc = _shelver("taxonomy", "apply", "--dry-run", str(f), env={"SHELVER_TAXONOMY_TOPIC": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rebuilt"] == ["SWIMWEAR"] and out["carried_from"] == {} and out["published"] is False
     assert out["targets"][-1] == "SWIMWEAR" and out["previous"] == "marketplace-v1"
