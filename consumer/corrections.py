@@ -24,6 +24,7 @@ capped (see `models.taxonomy.reviewer_weights`).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -120,7 +121,11 @@ class ProjectionUpdater(threading.Thread):
         parts = []
         for topic in self.topics:
             meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-            if meta.error is not None:  # e.g. not created yet: serve with what we have, say so
+            deadline = time.monotonic() + 10.0
+            while meta.error is not None and time.monotonic() < deadline:  # just created: metadata catches up
+                time.sleep(0.2)
+                meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is not None:  # e.g. not created: serve with what we have, say so
                 log.warning("cannot read topic; its updates are not applied", topic=topic, error=str(meta.error))
                 continue
             for p in sorted(meta.partitions):
