@@ -174,18 +174,18 @@ def _plots(parts: dict[str, tuple[np.ndarray, np.ndarray]], report_dir: Path) ->
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from consumer.config import Settings
     from models.artifact import load_categorizer
+    from models.paths import REPORTS_DIR, newest_artifact
     from training.crossfit import CACHE, out_of_fold
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", type=Path)
-    ap.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     ap.add_argument("--marketplace-weight", type=float, default=5.0,
                     help="weight of a marketplace fitting row relative to a catalogue one")
     ap.add_argument("--catalogue-rows", type=int, default=1600, help="sample of the held-out split (0: all 5,660)")
     args = ap.parse_args(argv)
-    artifact_dir = args.artifact or Settings().resolved_artifact_dir()
+    artifact_dir = args.artifact or newest_artifact()
     cat = load_categorizer(artifact_dir)
     targets = np.array(cat.artifact.targets)
 

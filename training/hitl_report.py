@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
+from models.paths import REPORTS_DIR
+
+REPORTS = REPORTS_DIR
 START, END = "<!-- hitl:start -->", "<!-- hitl:end -->"
 
 

@@ -1,8 +1,8 @@
 """Measured learning curve of the online corrections (`python -m training.learning_curve`).
 
 Streams the labelled marketplace *examples* part, in file order, as corrections through the same
-state and update rule the service runs (`consumer.corrections.ProjectionState`,
-`models.taxonomy.corrected_projections`; each correction carries its text and the text model
+update rule the service runs (`models.taxonomy.corrected_projections`, latest correction per
+product, as `consumer.corrections.ProjectionState` keeps them; each correction carries its text and the text model
 supplies its source distribution, as the service does for text-only corrections) and after every 25
 corrections scores the *evaluation* part (text only, argmin KL, no retraining). It starts from the
 projections without examples (uniform over each category's mapped source classes).
@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from consumer.corrections import Base, ProjectionState
 from models import kl
-from models.taxonomy import build_projections, load_taxonomy
-from schemas import CategoryCorrected
+from models.paths import REPORTS_DIR, newest_artifact
+from models.taxonomy import Correction, build_projections, corrected_projections, load_taxonomy
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev
 
 OFFLINE_RECIPE_ACC = 0.806  # README: the committed recipe trained on the same examples, evaluation part
@@ -40,48 +38,46 @@ def stream(tm, taxonomy, ex, ev, prior_strength: float, reviewer_cap: float, n_r
     """Accuracy on ``ev`` after every ``every`` corrections of ``ex``, and prequential accuracy on ``ex``."""
     labels = list(tm.labels)
     prior = build_projections(taxonomy, labels, tm, None)  # mapped source classes only: no examples
-    state = ProjectionState(Base(taxonomy.version, taxonomy.targets, prior), len(labels), model_version,
-                            prior_strength, reviewer_cap)
+    corrections: dict[str, Correction] = {}
+
+    def projections() -> np.ndarray:
+        return corrected_projections(prior, taxonomy.targets, list(corrections.values()), prior_strength,
+                                     reviewer_cap)[0]
     ex_p = kl.normalize_rows(tm.predict_proba(ex["text"].tolist()))
     ev_p = tm.predict_proba(ev["text"].tolist())
     targets = np.array(taxonomy.targets)
     truth = ev["label"].to_numpy()
 
     def score() -> float:
-        q, _, _ = state.projections()
+        q = projections()
         return float(np.mean(targets[kl.kl_matrix(ev_p, q).argmin(1)] == truth))
 
     curve, hits = [(0, score())], []
-    now = datetime.now(timezone.utc)
     for i, (pid, label, p) in enumerate(zip(ex["index"], ex["label"], ex_p)):
-        q, _, _ = state.projections()
+        q = projections()
         hits.append(targets[kl.kl_matrix(p[None, :], q).argmin(1)[0]] == label)  # before learning from it
-        rec = CategoryCorrected(product_id=str(pid), category=label, reviewer=f"reviewer-{i % n_reviewers}",
-                                corrected_at=now)
-        state.put(rec, p)
+        corrections[str(pid)] = Correction(str(pid), label, p, f"reviewer-{i % n_reviewers}")
         if (i + 1) % every == 0 or i + 1 == len(ex):
             curve.append((i + 1, score()))
-    return {"curve": curve, "prequential": float(np.mean(hits)), "final": curve[-1][1],
-            "version": state.projections()[2]}
+    return {"curve": curve, "prequential": float(np.mean(hits)), "final": curve[-1][1]}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from consumer.config import Settings
     from models.text_model import load_text_model
     from training.crossfit import noex_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reviewers", type=int, default=5)
-    ap.add_argument("--reviewer-cap", type=float, default=Settings.model_fields["corrections_reviewer_cap"].default)
+    ap.add_argument("--reviewer-cap", type=float, default=20.0, help="SHELVER_CORRECTIONS_REVIEWER_CAP's default")
     ap.add_argument("--strengths", default="1,3,10,30,100,300")
-    ap.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     args = ap.parse_args(argv)
     taxonomy = load_taxonomy(TAXONOMY)
     dev = load_dev()
     ex_idx, ev_idx = dev_split(dev)
     ex, ev = dev.iloc[ex_idx], dev.iloc[ev_idx]
     ex, ev = ex[ex["label"] != UNLABELABLE], ev[ev["label"] != UNLABELABLE]
-    models = {"noex": noex_model(), "artifact": load_text_model(Settings().resolved_artifact_dir() / "text")}
+    models = {"noex": noex_model(), "artifact": load_text_model(newest_artifact() / "text")}
     out: dict = {"n_examples": len(ex), "n_eval": len(ev), "reviewers": args.reviewers,
                  "reviewer_cap": args.reviewer_cap, "offline_recipe": OFFLINE_RECIPE_ACC, "models": {}}
     chosen = None
