@@ -158,11 +158,26 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             server = serve(metrics, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
         except OSError as exc:
             return _fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror}", 1)
+        from consumer.corrections import start_projection_updater
+
+        # Every model serves with the corrections and taxonomy versions learned so far (hitl): a reloaded
+        # model gets its own projection updater, caught up before the swap; the old one stops after it.
+        updaters: dict[int, object] = {}
+
+        def load_with_projections():
+            loaded = load(settings)
+            updaters[id(loaded)] = start_projection_updater(settings, loaded)
+            return loaded
+
+        def retire(old, new) -> None:
+            if (updater := updaters.pop(id(old), None)) is not None:
+                updater.stop()
+
         pointer = settings.resolved_artifact_dir if settings.artifact_dir is not None else None
-        reloader = ModelReloader(lambda: load(settings), pointer, settings.reload_poll_s, metrics)
+        reloader = ModelReloader(load_with_projections, pointer, settings.reload_poll_s, metrics, on_swap=retire)
         signal.signal(signal.SIGHUP, lambda *_: reloader.request())  # one during start-up reloads after it
         try:
-            model = load(settings)
+            model = load_with_projections()
         except Exception as exc:  # a damaged artifact: one JSON log line (traceback inside), not a bare traceback
             log.error("models could not be loaded", artifact=str(settings.resolved_artifact_dir()),
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
@@ -173,9 +188,6 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
                 check_startup(settings, topics=[settings.review_topic])
             except StartupError as exc:
                 return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
-        from consumer.corrections import start_projection_updater
-
-        updater = start_projection_updater(settings, model)  # corrections + taxonomy versions (hitl)
         metrics.set_model(model)
         reloader.start()
         service = Service(settings, model, max_events=args.max_events, idle_exit_s=args.idle_exit_seconds,
@@ -188,8 +200,9 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             reloader.close()
             if server is not None:
                 server.shutdown()
-            if updater is not None:
-                updater.stop()
+            for updater in updaters.values():
+                if updater is not None:
+                    updater.stop()
 
     if args.command == "taxonomy":
         from consumer.taxonomy_apply import apply_taxonomy

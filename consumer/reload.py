@@ -21,10 +21,12 @@ log = get_logger("shelver.reload")
 
 class ModelReloader:
     def __init__(self, load: Callable[[], object], pointer: Callable[[], Path] | None = None,
-                 poll_s: float = 0.0, metrics=None):
+                 poll_s: float = 0.0, metrics=None, on_swap: Callable[[object, object], None] | None = None):
         """``load`` builds and warms a categorizer from the current configuration; ``pointer``
-        resolves the configured artifact (checked every ``poll_s`` seconds when both are set)."""
+        resolves the configured artifact (checked every ``poll_s`` seconds when both are set);
+        ``on_swap(old, new)`` runs on the main thread right after a swap."""
         self._load, self._pointer, self._poll_s, self._metrics = load, pointer, poll_s, metrics
+        self._on_swap = on_swap
         self._target = self._resolve()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._lock = threading.Lock()
@@ -55,6 +57,8 @@ class ModelReloader:
                  load_s=round(self._load_s, 1))
         if self._metrics is not None:
             self._metrics.set_model(new)
+        if self._on_swap is not None:
+            self._on_swap(current, new)
         return new
 
     def _resolve(self) -> Path | None:

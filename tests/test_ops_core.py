@@ -173,6 +173,21 @@ def test_reload_on_request_swaps_only_when_the_main_thread_asks_and_updates_the_
         r.close()
 
 
+def test_swap_tells_the_owner_which_model_was_retired_so_its_projection_updater_can_stop():
+    retired = []
+    r = ModelReloader(lambda: Model("v2"), on_swap=lambda old, new: retired.append((old.model_version,
+                                                                                   new.model_version))).start()
+    try:
+        old = Model("v1")
+        assert r.swap(old) is old and retired == []  # no swap, no callback
+        r.request()
+        _await(lambda: r._ready is not None)
+        r.swap(old)
+        assert retired == [("v1", "v2")]
+    finally:
+        r.close()
+
+
 def test_failed_reload_keeps_the_old_model_and_counts_the_failure():
     metrics = Metrics()
     old = Model("v1")
