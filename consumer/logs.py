@@ -44,9 +44,23 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time: a stream captured at configure time may be closed
+    later (an embedding program or a test harness swaps stderr), and logging must never raise."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _Stderr()
+
+
 def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     scrub = Scrubber(secrets)
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    logging.basicConfig(stream=_STDERR, level=level.upper(), format="%(message)s")
     for handler in logging.getLogger().handlers:
         for old in [f for f in handler.filters if isinstance(f, _ScrubFilter)]:
             handler.removeFilter(old)
@@ -63,7 +77,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
             lambda _logger, _name, line: scrub(line),  # never log a secret, whatever the message quotes
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=False,
     )
 

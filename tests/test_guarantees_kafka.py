@@ -277,7 +277,10 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_revoking_the
         publish(s := sb, events)
         out = results(s, read_topic(s, s.output_topic, 24))
         assert {r.product_id for r in out} == {e.product_id for e in events}
-        assert wait_until(lambda: b.assignment == before_b)
+        if static:
+            assert wait_until(lambda: b.assignment == before_b)
+        else:  # b rejoins under a new member id: which half it gets back is the range assignor's choice
+            assert wait_until(lambda: a.assignment and b.assignment and not (a.assignment & b.assignment))
         revoked_by_restart, a_after = len(a_seen["_on_revoke"]) - revokes, set(a.assignment)
     finally:
         a.stop(), b.stop()

@@ -43,7 +43,9 @@ def test_service_peak_rss_stays_under_the_documented_bound(kafka_bootstrap, topi
     publish(s, [ProductEvent(product_id=f"h{i}", title="Red summer dress", image_url=base + path, event_time=now)
                 for i, path in enumerate(HOSTILE)])
     env = {**os.environ, "SHELVER_LOG_LEVEL": "WARNING", "SHELVER_IMAGE_ALLOWED_HOSTS": '["127.0.0.1"]',
-           "SHELVER_REPLAY_TOPIC": ""}
+           # Only the core topics exist here: no replay, review, corrections or taxonomy topics.
+           "SHELVER_REPLAY_TOPIC": "", "SHELVER_REVIEW_TOPIC": "", "SHELVER_CORRECTIONS_TOPIC": "",
+           "SHELVER_TAXONOMY_TOPIC": ""}
     for name in ("bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic"):
         env[f"SHELVER_{name.upper()}"] = str(getattr(s, name))
     proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "consume"], env=env)  # the real model
