@@ -190,8 +190,10 @@ class Settings(BaseSettings):
     review_topic: str | None = "products.review"  # results under the threshold also go here (empty: off)
     corrections_topic: str | None = "products.corrections"  # CategoryCorrected, compacted (empty: off)
     taxonomy_topic: str | None = "shelver.taxonomy"  # TaxonomyPublished, compacted (empty: off)
-    corrections_prior_strength: float = Field(default=30.0, gt=0)  # prior weight, in corrections (training/learning_curve.py)
+    corrections_prior_strength: float = Field(default=3.0, gt=0)  # prior weight, in corrections (training/learning_curve.py)
     corrections_reviewer_cap: float = Field(default=20.0, gt=0)  # most total weight one reviewer can carry
+    # power a corrected product's distribution is raised to before it is averaged (training/learning_curve.py)
+    corrections_temperature: float = Field(default=0.3, gt=0)
     corrections_catchup_timeout_s: float = 60.0  # start-up wait to read corrections/taxonomy to their end
 
     log_level: LogLevel = "INFO"

@@ -57,9 +57,10 @@ class Base:
 class ProjectionState:
     """The state one instance rebuilds from the two topics (no I/O; unit-tested)."""
 
-    def __init__(self, base: Base, labels: int, model_version: str, prior_strength: float, reviewer_cap: float):
+    def __init__(self, base: Base, labels: int, model_version: str, prior_strength: float, reviewer_cap: float,
+                 temperature: float = 1.0):
         self.base, self.n_labels, self.model_version = base, labels, model_version
-        self.prior_strength, self.reviewer_cap = prior_strength, reviewer_cap
+        self.prior_strength, self.reviewer_cap, self.temperature = prior_strength, reviewer_cap, temperature
         self.corrections: dict[str, Correction] = {}
 
     def set_taxonomy(self, rec: TaxonomyPublished) -> bool:
@@ -89,7 +90,7 @@ class ProjectionState:
     def projections(self) -> tuple[np.ndarray, tuple[str, ...], str]:
         cs = list(self.corrections.values())
         q, _ = corrected_projections(self.base.q, self.base.targets, cs, self.prior_strength, self.reviewer_cap,
-                                     self.base.carried_from)
+                                     self.base.carried_from, self.temperature)
         return q, self.base.targets, projection_version(self.base.version, cs, self.base.targets,
                                                         self.base.carried_from)
 
@@ -103,7 +104,8 @@ class ProjectionUpdater(threading.Thread):
         self.s, self.model = settings, categorizer
         q, targets, version = categorizer.projections
         self.state = ProjectionState(Base(version, targets, q), len(categorizer.labels), categorizer.model_version,
-                                     settings.corrections_prior_strength, settings.corrections_reviewer_cap)
+                                     settings.corrections_prior_strength, settings.corrections_reviewer_cap,
+                                     settings.corrections_temperature)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.topics = [t for t in (settings.taxonomy_topic, settings.corrections_topic) if t]
         # Its own throwaway group and no commits: every instance reads everything, every time.

@@ -158,6 +158,15 @@ def reviewer_weights(reviewers: Sequence[str | None], cap: float) -> np.ndarray:
     return np.array([min(1.0, cap / counts[r]) for r in reviewers], dtype=np.float64)
 
 
+def tempered(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of ``p`` raised to the power ``temperature`` and renormalized: < 1 flattens (a corrected
+    product's runner-up source classes count more), 1 leaves them as they are. Still distributions."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    if temperature == 1.0:
+        return kl.normalize_rows(p)
+    return kl.normalize_rows(np.where(p > 0, p, 0.0) ** temperature)
+
+
 def corrected_projections(
     prior: np.ndarray,
     targets: Sequence[str],
@@ -165,18 +174,22 @@ def corrected_projections(
     prior_strength: float = 10.0,
     reviewer_cap: float = 20.0,
     carried_from: dict[str, Sequence[str]] | None = None,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Projections after corrections, and the corrections' total weight per target ([T, S], [T]).
 
     LEEP-style running estimate of P(source | target) from corrected products, blended with the
     taxonomy's prior q_t (which stands for ``prior_strength`` corrections):
 
-        q_t = (k * prior_t + sum_i w_i p_i) / (k + sum_i w_i)      over corrections i of target t
+        q_t = (k * prior_t + sum_i w_i p~_i) / (k + sum_i w_i)      over corrections i of target t
 
-    with w_i from `reviewer_weights`. Rows stay strictly positive because the prior is. Bound on
-    abuse: one reviewer's corrections weigh at most ``reviewer_cap`` in total, so they move any q_t
-    at most cap / (k + cap) of the way (total variation) towards that reviewer's own mean, less as
-    other reviewers' corrections accumulate. A correction counts for target t when it names t or a
+    with w_i from `reviewer_weights` and p~_i = `tempered` (p_i, ``temperature``): each corrected
+    product's distribution raised to the power tau and renormalized before it is averaged (tau < 1
+    flattens the model's over-sharp answers on products it never saw; tau = 1 is the plain mean).
+    Rows stay strictly positive because the prior is. Bound on abuse: every p~_i is a distribution
+    and one reviewer's corrections weigh at most ``reviewer_cap`` in total, so they move any q_t at
+    most cap / (k + cap) of the way (total variation) towards that reviewer's own (tempered) mean,
+    less as other reviewers' corrections accumulate, whatever the temperature. A correction counts for target t when it names t or a
     name in ``carried_from[t]`` (renames and merges); any other name is ignored here (the reader sends
     those to the DLQ).
     """
@@ -193,7 +206,7 @@ def corrected_projections(
         w = reviewer_weights([c.reviewer for c in kept], reviewer_cap)
         for c, wi in zip(kept, w):
             t = owner[c.category]
-            num[t] += wi * np.asarray(c.p, dtype=np.float64)
+            num[t] += wi * tempered(np.asarray(c.p, dtype=np.float64)[None, :], temperature)[0]
             mass[t] += wi
     q = (prior_strength * prior + num) / (prior_strength + mass)[:, None]
     return kl.normalize_rows(q), mass
