@@ -141,12 +141,15 @@ class ArtifactCategorizer:
         self._projections = (np.asarray(q, dtype=np.float64), tuple(targets), str(taxonomy_version))
         self.taxonomy_version = str(taxonomy_version)
 
-    def decide(self, p: np.ndarray, used: np.ndarray) -> list[Decision]:
+    def decide(self, p: np.ndarray, used: np.ndarray, texts: Sequence[str | None] | None = None) -> list[Decision]:
+        """Choices for source distributions ``p``; ``texts`` (the products' texts) feed the confidence's
+        keyword feature (`models.calibration`), without them it counts no keywords."""
         q, targets, version = self._projections  # one read: the whole batch uses one taxonomy
         k = kl.kl_matrix(p, q)
         choices = kl.choose(k, targets, abstain_threshold=self.abstain_threshold, fallback=self.fallback)
         cal = self.artifact.calibration
-        conf = cal.confidence(k, used) if cal is not None and len(targets) > 1 else [None] * len(choices)
+        conf = (cal.confidence(k, used, texts, targets) if cal is not None and len(targets) > 1
+                else [None] * len(choices))
         return [Decision(c.category, c.kl, c.alternatives, c.abstained, bool(u),
                          None if f is None else float(f), version)
                 for c, u, f in zip(choices, used, conf)]
@@ -155,7 +158,7 @@ class ArtifactCategorizer:
         image_p, text_p, used = self.source_distributions(texts, images)
         # Text with no tokens is no evidence: such rows are scored from the image alone.
         has_text = np.array([bool(tokenize(t)) for t in texts], dtype=bool)
-        return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight, text_used=has_text), used)
+        return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight, text_used=has_text), used, texts)
 
 
 def load_categorizer(directory: str | Path, **overrides) -> ArtifactCategorizer:

@@ -57,8 +57,9 @@ def noex_model():
 
 
 def out_of_fold(folds: int = 2) -> dict[str, np.ndarray]:
-    """Out-of-fold KL rows [N, T], image_used flags and true targets for the labelled examples part."""
-    out = CACHE / f"crossfit{folds}.npz"
+    """Out-of-fold rows of the labelled examples part: KL rows ``kl`` [N, T], source distributions ``p``
+    [N, S] (what the service's confidence features see), texts, true targets and the examples' fold."""
+    out = CACHE / f"crossfit{folds}-v2.npz"
     if out.exists():
         with np.load(out) as z:
             return dict(z)
@@ -68,16 +69,21 @@ def out_of_fold(folds: int = 2) -> dict[str, np.ndarray]:
     ex_idx, _ = dev_split(dev)
     ex_idx = ex_idx[dev["label"].iloc[ex_idx].to_numpy() != UNLABELABLE]
     f = fold_of_examples(dev, ex_idx, folds)
-    rows, truth = [], []
+    rows, dists, texts, truth, fold = [], [], [], [], []
     for k in range(folds):
         fit, held = ex_idx[f != k], ex_idx[f == k]
         tm = _model(f"fold{k}of{folds}", lambda: train_marketplace_text_model(
             df, space, taxonomy, dev, fit, seed=SEED, verbose=0)[0])
         exs = dev.iloc[fit]
         q = build_projections(taxonomy, tm.labels, tm, list(zip(exs["text"], exs["label"])))
-        rows.append(kl.kl_matrix(tm.predict_proba(dev["text"].iloc[held].tolist()), q))
+        p = kl.normalize_rows(tm.predict_proba(dev["text"].iloc[held].tolist()))
+        rows.append(kl.kl_matrix(p, q))
+        dists.append(p)
+        texts += dev["text"].iloc[held].tolist()
         truth += dev["label"].iloc[held].tolist()
-    res = {"kl": np.concatenate(rows), "truth": np.array(truth), "targets": np.array(taxonomy.targets)}
+        fold += [k] * len(held)
+    res = {"kl": np.concatenate(rows), "p": np.concatenate(dists), "text": np.array(texts, dtype=object).astype(str),
+           "truth": np.array(truth), "fold": np.array(fold), "targets": np.array(taxonomy.targets)}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **res)
     return res
