@@ -179,11 +179,12 @@ class ProjectionUpdater(threading.Thread):
                 changed |= self._taxonomy(msg)
             else:
                 changed |= self._correction(msg, live, pending)
-        if pending:  # one model call for every correction that came with text only
-            recs = list(pending.values())
-            probs = self.model.artifact.text_model.predict_proba([r.text for r in recs])
-            for rec, p in zip(recs, probs):
-                self.state.put(rec, np.asarray(p, dtype=np.float64))
+        if pending:  # corrections that came with text only: the text model supplies the distribution
+            tm = self.model.artifact.text_model
+            for rec in pending.values():
+                # One text per call: a batched call's float32 results depend (~1e-7) on the batch's other texts
+                # and padding, and every instance must compute exactly the same distribution from the same text.
+                self.state.put(rec, np.asarray(tm.predict_proba([rec.text])[0], dtype=np.float64))
             changed = True
         return changed
 

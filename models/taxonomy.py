@@ -201,7 +201,10 @@ def corrected_projections(
         owner[name] = t  # a current name always wins over an alias
     num = np.zeros_like(prior)
     mass = np.zeros(len(targets))
-    kept = [c for c in corrections if c.category in owner]
+    # Summed in one fixed order (product, then the rest of the key): float sums then do not depend on the order the
+    # corrections were read in, so every instance computes bit-identical projections from the same corrections.
+    kept = sorted((c for c in corrections if c.category in owner),
+                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
     if kept:
         w = reviewer_weights([c.reviewer for c in kept], reviewer_cap)
         for c, wi in zip(kept, w):

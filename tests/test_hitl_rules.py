@@ -127,3 +127,13 @@ def test_the_service_state_runs_the_tempered_rule_with_its_settings():
                                     s.corrections_reviewer_cap, temperature=s.corrections_temperature)
     np.testing.assert_allclose(q, want)
     assert s.corrections_temperature < 1.0  # the default is the tempered rule chosen by training/learning_curve.py
+
+
+def test_projections_are_bit_identical_whatever_order_the_corrections_were_read_in():
+    rng = np.random.default_rng(3)
+    cs = [Correction(f"p{i}", "AB"[i % 2], rng.dirichlet(np.full(S, 0.3)), f"r{i % 3}", f"t{i}") for i in range(60)]
+    q, mass = corrected_projections(PRIOR, TARGETS, cs, 3, 20, temperature=0.3)
+    for seed in range(3):
+        shuffled = [cs[i] for i in np.random.default_rng(seed).permutation(len(cs))]
+        q2, mass2 = corrected_projections(PRIOR, TARGETS, shuffled, 3, 20, temperature=0.3)
+        assert np.array_equal(q, q2) and np.array_equal(mass, mass2)  # exact, not approximately
