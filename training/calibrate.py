@@ -86,6 +86,13 @@ def accuracy_at_coverage(conf, correct, coverage: float) -> float:
     return float(acc[max(0, int(np.ceil(coverage * len(cov))) - 1)])
 
 
+def coverage_at_accuracy(conf, correct, target: float = TARGET_ACCURACY) -> float:
+    """The largest share of most-confident rows whose accuracy is still at least ``target`` (0 if none)."""
+    cov, acc = coverage_curve(conf, correct)
+    ok = np.flatnonzero(acc >= target)
+    return float(cov[ok[-1]]) if len(ok) else 0.0
+
+
 def threshold_for_accuracy(conf: np.ndarray, correct: np.ndarray, target: float = TARGET_ACCURACY) -> float:
     """The lowest confidence threshold whose accepted rows (conf >= t) are at least ``target`` accurate."""
     order = np.argsort(-np.asarray(conf), kind="stable")
@@ -270,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "n": int(len(conf)), "accuracy": acc, "mean_confidence": float(np.mean(conf)), "ece": ece(conf, correct),
             "accuracy_at_70pct_coverage": accuracy_at_coverage(conf, correct, 0.7),
             "accuracy_at_50pct_coverage": accuracy_at_coverage(conf, correct, 0.5),
+            "coverage_at_95pct_accuracy": coverage_at_accuracy(conf, correct),
             "at_threshold": {"coverage": float(accepted.mean()),
                              "accuracy": float(np.mean(correct[accepted])) if accepted.any() else None},
             "reliability": reliability(conf, correct),
