@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -56,6 +57,12 @@ def _words(text: str | None) -> tuple[str, ...]:
     return tuple(_WORD.findall(normalize(text)))
 
 
+@lru_cache(maxsize=64)
+def _table(keywords_per_target: tuple[tuple[str, ...], ...]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Per target, its distinct keywords as word tuples (cached: the same taxonomy batch after batch)."""
+    return tuple(tuple(sorted(w for w in {_words(k) for k in kws} if w)) for kws in keywords_per_target)
+
+
 def keyword_hits(texts: Sequence[str | None], targets: Sequence[str],
                  keywords: Mapping[str, Sequence[str]]) -> np.ndarray:
     """[B, T]: how many distinct keywords of each target the text names (0 for a target without keywords).
@@ -63,14 +70,16 @@ def keyword_hits(texts: Sequence[str | None], targets: Sequence[str],
     A keyword is named when its words occur consecutively among the text's words (normalized,
     lower case, split at anything that is not a letter or digit: "V-neck" names "v-neck", "V-necked" does not).
     """
-    table = [[w for w in {_words(k) for k in keywords.get(name, ())} if w] for name in targets]
-    longest = max((len(w) for ws in table for w in ws), default=0)
+    table = _table(tuple(tuple(keywords.get(name, ())) for name in targets))
     out = np.zeros((len(texts), len(targets)))
     for b, text in enumerate(texts):
         words = _words(text)
-        grams = {words[i:i + n] for n in range(1, longest + 1) for i in range(len(words) - n + 1)}
-        for j, ws in enumerate(table):
-            out[b, j] = sum(1 for w in ws if w in grams)
+        at: dict[str, list[int]] = {}
+        for i, w in enumerate(words):
+            at.setdefault(w, []).append(i)
+        for j, kws in enumerate(table):
+            out[b, j] = sum(1 for kw in kws if kw[0] in at
+                            and (len(kw) == 1 or any(words[i:i + len(kw)] == kw for i in at[kw[0]])))
     return out
 
 
