@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.engine import content_key, pad_columns, resolve_engine
+from models.engine import chunk_rows, content_key, pad_columns, resolve_engine
 
 # Largest difference allowed between the engines' probabilities: both run the same fp32 weights,
 # differing only in kernel arithmetic order (measured: ≈ 3e-6 on the image model).
@@ -38,6 +38,23 @@ def test_pad_columns_rounds_up_with_zeros_and_keeps_aligned_input():
     assert padded.shape == (2, 4) and padded.dtype == np.int32
     assert np.array_equal(padded[:, :3], ids) and not padded[:, 3:].any()
     assert pad_columns(padded, 4) is padded
+
+
+def test_chunk_rows_covers_the_batch_in_order_with_two_equal_chunks_per_worker():
+    parts = chunk_rows(32, workers=2)
+    assert [(p.start, p.stop) for p in parts] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    for rows in range(1, 70):
+        for workers in (1, 2, 3, 16):
+            parts = chunk_rows(rows, workers)
+            assert [i for p in parts for i in range(p.start, p.stop)] == list(range(rows))
+            assert len({p.stop - p.start for p in parts[:-1]}) <= 1  # one shape, except the remainder
+
+
+def test_chunk_rows_keeps_small_batches_on_all_workers_and_big_ones_out_of_tiny_chunks():
+    assert len(chunk_rows(3, workers=2)) == 2  # a small batch still uses both cores
+    assert len(chunk_rows(1, workers=2)) == 1
+    assert all(p.stop - p.start >= 4 for p in chunk_rows(64, workers=16))  # not 32 invocations of 2 rows
+    assert chunk_rows(0, workers=2) == []
 
 
 def test_content_key_changes_with_the_bytes(tmp_path):
@@ -108,6 +125,18 @@ def test_litert_results_do_not_depend_on_the_batch_size(engines, catalogue_input
     # sizes change from call to call: the interpreter is resized each time
     parts = [lite.source_distributions(texts[i:j], images[i:j])[0] for i, j in ((0, 7), (7, 8), (8, 12))]
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_litert_rows_spread_over_several_interpreters_come_back_in_order(engines, catalogue_inputs):
+    from models.engine import LiteRTRunner
+
+    lite = engines["litert"]
+    x = np.stack([lite.prepare_image(Image.open(p)) for p in catalogue_inputs[1][:13]])
+    flatbuffer = lite._image_fn.flatbuffer
+    one, three = LiteRTRunner(flatbuffer, workers=1), LiteRTRunner(flatbuffer, workers=3)
+    assert len(chunk_rows(13, 3)) > 1
+    np.testing.assert_allclose(three(x), one(x), atol=1e-6)
 
 
 @pytest.mark.slow
