@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -107,16 +108,16 @@ def chunk_rows(rows: int, workers: int, min_rows: int = 4) -> list[slice]:
 
 
 class _Interpreter:
-    """One single-threaded LiteRT interpreter with XNNPACK, its input resized to each chunk's shape.
+    """One LiteRT interpreter with XNNPACK, its input resized to each chunk's shape.
 
     Resizing re-plans the XNNPACK graph (about a millisecond for these models), cheaper than
     padding a small chunk up to a fixed size; the shape is only changed when it differs.
     """
 
-    def __init__(self, flatbuffer: bytes):
+    def __init__(self, flatbuffer: bytes, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interp = Interpreter(model_content=flatbuffer, num_threads=1)
+        self._interp = Interpreter(model_content=flatbuffer, num_threads=threads)
         (inp,) = self._interp.get_input_details()
         (out,) = self._interp.get_output_details()
         self._in, self._out, self.dtype = inp["index"], out["index"], inp["dtype"]
@@ -137,7 +138,8 @@ class LiteRTRunner:
 
     Measured on 2 cores (benchmarks/run_all.py): as fast as one interpreter with 2 XNNPACK threads
     when the machine is idle, and faster when anything else runs, because a busy core delays only
-    its own chunk instead of every layer of the whole batch.
+    its own chunk instead of every layer of the whole batch. A batch too small to split (one
+    product, at low load) runs on one more interpreter with intra-op threads on every core.
     """
 
     def __init__(self, flatbuffer: bytes, workers: int | None = None):
@@ -148,8 +150,11 @@ class LiteRTRunner:
         self._free: queue.SimpleQueue[_Interpreter] = queue.SimpleQueue()
         for interp in interpreters:
             self._free.put(interp)
-        self._pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="litert")
-                      if self.workers > 1 else None)
+        self._pool, self._wide = None, None
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="litert")
+            self._wide = _Interpreter(flatbuffer, threads=self.workers)
+            self._wide_lock = threading.Lock()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         interp = self._free.get()  # never waits long: at most `workers` chunks run at once per call
@@ -161,8 +166,11 @@ class LiteRTRunner:
     def __call__(self, x) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x), dtype=self.dtype)
         parts = chunk_rows(len(x), self.workers)
-        if self._pool is None or len(parts) <= 1:
+        if self._pool is None:
             return self._run(x)
+        if len(parts) <= 1:
+            with self._wide_lock:
+                return self._wide(x)
         return np.concatenate(list(self._pool.map(self._run, (x[p] for p in parts))))
 
 
