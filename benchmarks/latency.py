@@ -180,7 +180,7 @@ def describe(run: LatencyRun) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from consumer.logs import configure
-    from consumer.sample import serve_directory
+    from image_server import image_server
     from models.artifact import load_categorizer
     from training.data import data_dir, load_catalogue
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     root = data_dir(args.data)
     catalogue = load_catalogue(root)
     model = load_categorizer(settings.resolved_artifact_dir(), engine=settings.inference_engine)
-    with serve_directory(root / "images") as url:
+    with image_server(root / "images") as (url, _):
         run = run_latency(settings, model, catalogue, url, args.rate, args.seconds, args.partitions, args.batch_size)
     print(describe(run))
 

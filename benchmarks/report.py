@@ -58,6 +58,23 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
             st = r.stages
             lines.append(f"| {r.engine} | {r.batch} | {r.seconds:.1f} | {st['inference']:.1f} | {st['prepare']:.1f} | "
                          f"{st['http']:.1f} | {st['batches']} |")
+    lines += ["", "CPU per event while the service ran (core-milliseconds; `/proc` accounting: the LiteRT workers' threads, "
+              "the rest of the service's process, the broker's JVM, the image server's process). Every part shares the "
+              "same cores, so *inference / all* bounds what end to end / bare model can reach on this machine:", "",
+              "| engine | batch | inference | rest of the service (Kafka, Avro, HTTP, decode) | broker | image server "
+              "| all | inference / all |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cpu = (r.stages or {}).get("cpu")
+        if not cpu:
+            continue
+        per = {k: (None if v is None else v / r.events * 1e3) for k, v in cpu.items()}
+        split = r.engine == "litert"  # TensorFlow's own threads are not told apart from the rest
+        parts = [per["inference"] if split else None, per["rest"] if split else per["process"], per["broker"],
+                 per["images"]]
+        total = sum(v for v in parts if v is not None)
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in parts)
+        share = f"{parts[0] / total:.2f}" if split and total else "–"
+        lines.append(f"| {r.engine} | {r.batch} | {cells} | {total:.2f} | {share} |")
     wait_ms = settings.max_batch_wait_ms
     lines += ["", "## Latency under a fixed load", "",
               f"Events produced at a fixed rate over 6 partitions (LiteRT, max_batch_size "

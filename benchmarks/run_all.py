@@ -4,8 +4,8 @@ and reports/benchmark.png.
     python benchmarks/run_all.py [--quick] [--out reports]
 
 It starts its own Kafka broker (``scripts/kafka-local``, port ``SHELVER_BENCH_KAFKA_PORT``, default
-29192) unless ``SHELVER_BOOTSTRAP_SERVERS`` is set, serves the catalogue's images over local HTTP, and
-measures, in this order and in one process:
+29192) unless ``SHELVER_BOOTSTRAP_SERVERS`` is set, serves the catalogue's images over local HTTP from a
+separate process (``benchmarks/image_server.py``), and measures, in this order and in one process:
 
 1. the bare model (``categorize()`` on decoded inputs) per engine: TensorFlow graph and LiteRT, batch 32,
    and LiteRT at batch 1;
@@ -36,12 +36,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from image_server import CpuMeter, image_server  # noqa: E402
 from latency import LatencyRun, Timed, describe, run_latency  # noqa: E402
 
 from consumer.admin import ensure_topics  # noqa: E402
 from consumer.config import Settings  # noqa: E402
 from consumer.logs import configure  # noqa: E402
-from consumer.sample import publish, sample_events, serve_directory  # noqa: E402
+from consumer.sample import publish, sample_events  # noqa: E402
 from consumer.service import Service  # noqa: E402
 
 
@@ -109,7 +110,8 @@ class StageModel(Timed):
             self.prepare_s += time.perf_counter() - t
 
 
-def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int, partitions: int = 6) -> Row:
+def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int, partitions: int = 6,
+                  pids: tuple[int | None, int | None] = (None, None)) -> Row:
     from consumer.images import ImageFetcher
 
     tag = uuid.uuid4().hex[:8]
@@ -127,14 +129,23 @@ def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batc
     while not svc.assignment and thread.is_alive():
         time.sleep(0.01)
     start = time.perf_counter()
+    meter = CpuMeter(*pids)  # broker, image server
     thread.join()
+    cpu = meter.stop()
     fetcher.close()
     if svc.completed < n:
         raise RuntimeError(f"service stopped after {svc.completed}/{n} events: {svc.failure}")
     wall = time.perf_counter() - start
     stages = {"inference": sum(t for _, t in staged.stats), "prepare": staged.prepare_s, "http": fetcher.seconds,
-              "batches": len(staged.stats)}
+              "batches": len(staged.stats), "cpu": cpu}
     return Row("end to end", model.engine, batch, n, wall, stages)
+
+
+def broker_pid(env: dict | None) -> int | None:
+    try:
+        return int((Path(env["KAFKA_STATE_DIR"]) / "kafka.pid").read_text()) if env else None
+    except (OSError, ValueError):
+        return None
 
 
 def start_broker() -> tuple[str, dict | None]:
@@ -196,13 +207,14 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(Row("bare model", engine, batch, n, secs))
             print(f"bare model {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
         latency: list[LatencyRun] = []
-        with serve_directory(root / "images") as url:
+        with image_server(root / "images") as (url, server_pid):
             for engine, batch, n in (("litert", 32, args.e2e_events), ("tensorflow", 32, args.e2e_events // 3),
                                      ("litert", 1, args.single_events)):
                 # the bare model measured right before and right after, as the same-moment reference
                 m = min(128, len(texts))
                 before = bench_model(models[engine], texts[:m], images[:m], batch) if batch > 1 else 0.0
-                rows.append(bench_service(settings, models[engine], catalogue, url, n, batch))
+                rows.append(bench_service(settings, models[engine], catalogue, url, n, batch,
+                                          pids=(broker_pid(broker_env), server_pid)))
                 if batch > 1:
                     after = bench_model(models[engine], texts[:m], images[:m], batch)
                     rows[-1].stages["bare_eps"] = 2 * m / (before + after)

@@ -23,11 +23,14 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from image_server import image_server  # noqa: E402
 
 from consumer.admin import ensure_topics  # noqa: E402
 from consumer.config import Settings  # noqa: E402
 from consumer.logs import configure  # noqa: E402
-from consumer.sample import publish, sample_events, serve_directory  # noqa: E402
+from consumer.sample import publish, sample_events  # noqa: E402
 from consumer.service import Service  # noqa: E402
 from training.data import data_dir, load_catalogue  # noqa: E402
 
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(settings, args.tiny)
     n, b = args.events, args.batch_size
     rows = [("model only", b, n, bench_model(model, catalogue, n, b))]
-    with serve_directory(root / "images") as url:
+    with image_server(root / "images") as (url, _):
         rows.append(("end-to-end", b, n, bench_service(settings, model, catalogue, url, n, b)))
         single = args.single_events or n
         rows.append(("end-to-end", 1, single, bench_service(settings, model, catalogue, url, single, 1)))
