@@ -105,6 +105,10 @@ class Metrics:
         self.results = Counter("shelver_results", "Results delivered and committed", registry=r)
         self.dead_letters = Counter("shelver_dead_letters", "Dead letters delivered and committed, per error code",
                                     ["error"], registry=r)
+        self.dead_letters_truncated = Counter(
+            "shelver_dead_letters_truncated",
+            "Dead letters delivered and committed cut to fit (header truncated=true), per error code",
+            ["error"], registry=r)
         self.image_outcomes = Counter("shelver_image_outcomes",
                                       "Images per outcome: used, no_url, timeout, blocked_address, too_large, ...",
                                       ["outcome"], registry=r)
@@ -166,10 +170,15 @@ class Metrics:
     def on_batch_done(self, batch, now: float) -> None:
         """A batch is delivered and its offsets committed (``now``: perf_counter at that point)."""
         good = batch.good
-        self.results.inc(len(good))
-        for it in batch.items:
-            if it.error is not None:
-                self.dead_letters.labels(it.error.code).inc()
+        # What was delivered, not what was owed: a result refused by the output topic became a dead
+        # letter, a dead letter may have been cut to fit, a lost partition's events produced nothing.
+        for out in batch.acked:
+            if out.kind == "result":
+                self.results.inc()
+            elif out.kind == "dlq":
+                self.dead_letters.labels(out.code).inc()
+                if out.kept is not None:
+                    self.dead_letters_truncated.labels(out.code).inc()
         images, fetch_s = batch.images.result() if batch.images else ([], 0.0)
         outcomes = collections.Counter("used" if image is not None else image_outcome(error) for image, error in images)
         for outcome, n in outcomes.items():

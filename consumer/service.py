@@ -77,6 +77,7 @@ class Out:
     value: bytes | None
     headers: list | None = None
     kept: int | None = None  # dead letters: bytes of the original value kept (None: all of it)
+    code: str | None = None  # dead letters: the error code (the `error` header)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Batch:
     outs: list[Out] = field(default_factory=list)  # its records, in produce order
     swaps: dict[int, Out] = field(default_factory=dict)  # exactly-once: id(refused out) -> its replacement
     txn_errors: list[KafkaError] = field(default_factory=list)  # exactly-once: other failures in this transaction
+    acked: list[Out] = field(default_factory=list)  # successful delivery reports (exactly-once: this transaction's)
     stats: dict = field(default_factory=dict)
     model: Categorizer | None = None  # scores the whole batch; a model reload swaps only between batches
 
@@ -288,7 +290,7 @@ class Service:
         while True:
             self._txn(self.producer.begin_transaction)
             self.txn_open = True
-            batch.swaps, batch.txn_errors, batch.pending = {}, [], 0
+            batch.swaps, batch.txn_errors, batch.pending, batch.acked = {}, [], 0, []  # an aborted round delivered nothing
             for out in batch.outs:
                 self._send(batch, out)
             batch.emitted = time.perf_counter()
@@ -356,7 +358,7 @@ class Service:
             ("source_partition", str(msg.partition()).encode()),
             ("source_offset", str(msg.offset()).encode()),
             *extra,
-        ], kept=kept)
+        ], kept=kept, code=code)
 
     def _replacement(self, out: Out, err: KafkaError) -> Out | None:
         """What to send instead of a record refused for itself alone; None when nothing can fit."""
@@ -390,6 +392,8 @@ class Service:
         batch.delivered = time.perf_counter()
         if err is not None:
             self._refused(batch, out, err, reported=True)
+        else:
+            batch.acked.append(out)  # what the metrics count once the batch is committed
 
     def _refused(self, batch: Batch, out: Out, err: KafkaError, reported: bool) -> None:
         """A record was not delivered: replace it if it alone is at fault, else fail the pipeline."""
