@@ -84,10 +84,10 @@ class TimedFetcher:
     def __init__(self, fetcher):
         self._f, self.seconds = fetcher, 0.0
 
-    def fetch_many(self, urls):
+    def fetch_many(self, urls, target_size=None):
         t = time.perf_counter()
         try:
-            return self._f.fetch_many(urls)
+            return self._f.fetch_many(urls, target_size)
         finally:
             self.seconds += time.perf_counter() - t
 

@@ -367,6 +367,8 @@ class ImageFetcher:
 
     ``target_size`` (the model's (height, width)) lets decoding stop at a few times the pixels the
     model uses; without it images are returned at full size (still under the pixel cap and budget).
+    ``fetch``/``fetch_many`` take the size per call too (the model the batch will be scored with,
+    which a hot reload may have changed), so nothing shared is mutated and calls can overlap.
     """
 
     def __init__(self, settings: Settings, target_size: tuple[int, int] | None = None):
@@ -390,7 +392,9 @@ class ImageFetcher:
     def budget(self) -> PixelBudget:
         return self._budget
 
-    def fetch(self, url: str | None) -> FetchResult:
+    def fetch(self, url: str | None, target_size: tuple[int, int] | None = None) -> FetchResult:
+        """One image; ``target_size``: the model's (height, width), None: the one given at construction."""
+        size = tuple(target_size) if target_size else self._target_size
         if not url:
             return FetchResult(None, "no_url")
         if self._scope.cancelled.is_set() or time.monotonic() >= self._stop_by:
@@ -400,7 +404,7 @@ class ImageFetcher:
             data = self._download(url, deadline)
             # Waiting for the pixel budget is not bounded by the download deadline: it is our own CPU
             # work, finite (pixel cap x batch), and cancel() still ends the wait at shutdown.
-            image = decode_image(data, self._max_pixels, self._max_aspect, self._target_size, self._budget)
+            image = decode_image(data, self._max_pixels, self._max_aspect, size, self._budget)
             return FetchResult(image, None)
         except _Refused as exc:
             return FetchResult(None, "cancelled" if self._scope.cancelled.is_set() else exc.reason)
@@ -416,9 +420,10 @@ class ImageFetcher:
             log.warning("image_fetch_failed", url=url[:200], exc_info=True)
             return FetchResult(None, "fetch_error")
 
-    def fetch_many(self, urls: Sequence[str | None]) -> list[FetchResult]:
+    def fetch_many(self, urls: Sequence[str | None], target_size: tuple[int, int] | None = None) -> list[FetchResult]:
+        """Every URL concurrently, results in order; ``target_size`` as in :meth:`fetch`."""
         try:
-            futures = [self._executor.submit(self.fetch, u) for u in urls]
+            futures = [self._executor.submit(self.fetch, u, target_size) for u in urls]
         except RuntimeError:  # closed: the service is shutting down
             return [FetchResult(None, "cancelled") for _ in urls]
         out = []

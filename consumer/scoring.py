@@ -48,11 +48,16 @@ def text_of(event: ProductEvent) -> str:
 
 
 def fetch_images(fetcher, categorizer: Categorizer, urls: Sequence[str | None]) -> tuple[list[Image], float]:
-    """Fetch every URL of a batch concurrently and prepare it for the model; never raises per image."""
+    """Fetch every URL of a batch concurrently and prepare it for the model; never raises per image.
+
+    Decoding is sized for ``categorizer`` (the model this batch is scored with), not for whichever
+    model the fetcher was built with: after a hot reload they differ.
+    """
     start = time.perf_counter()
     wanted = [i for i, u in enumerate(urls) if u]
     out: list[Image] = [(None, "no_url")] * len(urls)
-    for i, res in zip(wanted, fetcher.fetch_many([urls[i] for i in wanted]) if wanted else []):
+    fetched = fetcher.fetch_many([urls[i] for i in wanted], target_size=categorizer.image_size) if wanted else []
+    for i, res in zip(wanted, fetched):
         if res.image is None:
             out[i] = (None, res.error or "fetch_failed")
             continue

@@ -124,7 +124,8 @@ class Service:
 
         self.s, self.model = settings, categorizer
         self.own_fetcher = fetcher is None
-        # The model's input size lets the fetcher decode big images at reduced scale (hard-fetch).
+        # The model's input size lets the fetcher decode big images at reduced scale (hard-fetch); each
+        # batch passes its own model's size (scoring.fetch_images), so a reloaded model gets its own.
         self.fetcher = fetcher or ImageFetcher(settings, target_size=categorizer.image_size)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.metrics, self.reloader = metrics or Metrics(stall_s=settings.liveness_stall_s), reloader

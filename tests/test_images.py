@@ -46,6 +46,7 @@ ROUTES = {  # path -> (status, content type, body)
     "/garbage.jpg": (200, "image/jpeg", b"definitely not a jpeg" * 10),
     "/truncated.jpg": (200, "image/jpeg", JPEG[: len(JPEG) // 2]),
     "/big.jpg": (200, "image/jpeg", JPEG + b"\0" * MAX_BYTES),
+    "/photo.jpg": (200, "image/jpeg", _encoded(Image.new("RGB", (1600, 1200), (30, 120, 200)), "JPEG")),  # 31 KB
 }
 
 
@@ -227,3 +228,45 @@ def test_fetch_many_keeps_order_and_mixes_failures(fetcher, server):
     results = fetcher.fetch_many(urls)
     assert [r.error for r in results] == [None, "no_url", "http_404", None, "blocked_address"]
     assert results[0].image.size == (64, 48) and results[3].image.size == (20, 10)
+
+
+# A model reload may change the input size: decoding must follow the model a batch is scored with.
+OLD_MODEL, NEW_MODEL = (32, 32), (300, 300)  # (height, width)
+PHOTO_FOR = {OLD_MODEL: (67, 50), NEW_MODEL: (800, 600)}  # 1600x1200 decoded at 1/8 (+ box /3), at 1/2
+
+
+def sized_fetcher(target_size) -> ImageFetcher:
+    return ImageFetcher(Settings(image_allowed_hosts=["127.0.0.1"], image_fetch_concurrency=2),
+                        target_size=target_size)
+
+
+def test_fetch_many_decodes_for_the_size_of_the_call_not_the_one_the_fetcher_was_built_with(server):
+    url = f"{server}/photo.jpg"
+    with sized_fetcher(OLD_MODEL) as fetcher:
+        [default] = fetcher.fetch_many([url])
+        [bigger] = fetcher.fetch_many([url], target_size=NEW_MODEL)
+        [again] = fetcher.fetch_many([url], target_size=OLD_MODEL)
+    assert default.image.size == again.image.size == PHOTO_FOR[OLD_MODEL]  # reduced for the small model
+    assert bigger.image.size == PHOTO_FOR[NEW_MODEL]  # not the old model's reduced scale
+
+
+class _Model:
+    """What ``scoring.fetch_images`` uses of a categorizer: its input size, and prepare_image (here:
+    the decoded image itself, so the test sees the scale it was decoded at)."""
+
+    def __init__(self, image_size):
+        self.image_size = image_size
+
+    def prepare_image(self, image):
+        return image
+
+
+def test_a_batch_is_decoded_for_the_model_it_is_scored_with_after_a_reload(server):
+    from consumer import scoring
+
+    url = f"{server}/photo.jpg"
+    with sized_fetcher(OLD_MODEL) as fetcher:  # Service.__init__ builds it for the model loaded at start
+        [(before, error)], _ = scoring.fetch_images(fetcher, _Model(OLD_MODEL), [url])
+        assert error is None and before.size == PHOTO_FOR[OLD_MODEL]
+        [(after, error)], _ = scoring.fetch_images(fetcher, _Model(NEW_MODEL), [url])
+        assert error is None and after.size == PHOTO_FOR[NEW_MODEL]
