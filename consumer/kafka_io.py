@@ -21,6 +21,12 @@ def make_consumer(settings: Settings, extra: dict[str, Any] | None = None) -> Co
         # and do no work; its incremental rebalances buy little here, since a revoke drains anyway.
         "partition.assignment.strategy": "range",
         "enable.partition.eof": False,
+        # Fewer, fuller fetches (kafka_options may override): the broker answers once 64 KiB are ready or
+        # after 50 ms, not once per record as soon as one arrives. At 120 events/s in
+        # benchmarks/latency.py this halved the broker's CPU per event (3.2 -> 1.6 core-ms) and cut p99
+        # from 1.5 s to 0.65 s on two shared cores; it adds at most 50 ms, under one batch's inference.
+        "fetch.wait.max.ms": 50,
+        "fetch.min.bytes": 65536,
         **settings.kafka_common(),
         "group.id": settings.group_id,
         # guarantee: never commit on a timer; the service commits explicit offsets only after every
