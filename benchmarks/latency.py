@@ -23,6 +23,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from image_server import CpuMeter  # noqa: E402
 
 from consumer.config import Settings  # noqa: E402
 from consumer.kafka_io import make_producer  # noqa: E402
@@ -45,6 +48,7 @@ class LatencyRun:
     mean_batch: float = 0.0
     mean_infer_ms: float = 0.0
     share: float = 0.0  # of the measured capacity (set by run_all)
+    cpu: dict = field(default_factory=dict)  # core-seconds while producing and serving (image_server.CpuMeter)
 
     @property
     def all_ms(self) -> np.ndarray:
@@ -92,7 +96,7 @@ def _topics(s: Settings, partitions: int) -> None:
 
 
 def run_latency(base: Settings, model, catalogue, image_url: str, rate: float, seconds: float,
-                partitions: int = 6, batch: int = 32) -> LatencyRun:
+                partitions: int = 6, batch: int = 32, pids: tuple[int | None, int | None] = (None, None)) -> LatencyRun:
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(update=dict(
         group_id=f"lat-{tag}", input_topic=f"lat.in.{tag}", replay_topic=None, output_topic=f"lat.out.{tag}",
@@ -119,7 +123,8 @@ def run_latency(base: Settings, model, catalogue, image_url: str, rate: float, s
         if err is None:
             sent[(msg.partition(), msg.offset())] = msg.timestamp()[1]
 
-    producer = make_producer(s, {"linger.ms": 0})
+    producer = make_producer(s)  # as a backend would publish: librdkafka's batching (linger.ms 5), acks=all
+    meter = CpuMeter(*pids)  # broker, image server
     t0 = time.perf_counter()
     warm_until_ms = time.time() * 1000 + WARMUP_S * 1000
     for i, (key, value) in enumerate(values):
@@ -132,12 +137,13 @@ def run_latency(base: Settings, model, catalogue, image_url: str, rate: float, s
     deadline = time.perf_counter() + max(60.0, seconds)
     while svc.completed < n and thread.is_alive() and time.perf_counter() < deadline:
         time.sleep(0.05)
+    cpu = meter.stop()
     svc.stop()
     thread.join()
     if svc.completed < n:
         raise RuntimeError(f"latency run stopped after {svc.completed}/{n} events: {svc.failure}")
 
-    run = LatencyRun(rate, seconds, partitions, n, pauses=getattr(svc, "pauses", 0))
+    run = LatencyRun(rate, seconds, partitions, n, pauses=getattr(svc, "pauses", 0), cpu=cpu)
     per: dict[int, list[float]] = {p: [] for p in range(partitions)}
     for part, offset, appended in _read_results(s, codec, n):
         created = sent.get((part, offset))

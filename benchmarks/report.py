@@ -81,15 +81,17 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
               f"{settings.max_batch_size}, max_batch_wait_ms {wait_ms}); latency = the broker's append time of the "
               "result minus the input record's create time; the first 5 s are left out.", "",
               "| load | events/s | seconds | p50 ms | p95 ms | p99 ms | worst partition p99 / median partition p99 | "
-              "goal p99 (wait + 3 x full-batch inference) | mean batch | mean batch inference ms | partition pauses |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "goal p99 (wait + 3 x full-batch inference) | mean batch | mean batch inference ms | partition pauses | "
+              "CPU per event, core-ms: service (of it inference) / broker / images |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     # "batch inference time": the bare model's time for one full batch of this engine, measured above
     full_batch_ms = settings.max_batch_size / lite_bare.eps * 1e3 if lite_bare else float("nan")
     for run in latency:
         p50, p95, p99 = run.percentiles()
         goal = wait_ms + 3 * full_batch_ms
         lines.append(f"| {run.share:.0%} | {run.rate:.1f} | {run.seconds:.0f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
-                     f"{run.fairness():.2f} | {goal:.0f} | {run.mean_batch:.1f} | {run.mean_infer_ms:.0f} | {run.pauses} |")
+                     f"{run.fairness():.2f} | {goal:.0f} | {run.mean_batch:.1f} | {run.mean_infer_ms:.0f} | {run.pauses} | "
+                     f"{_cpu_cells(run)} |")
     lines += ["", "Per partition p50 / p99 (ms):", "", "| load | " + " | ".join(
         f"p{p}" for p in range(latency[0].partitions)) + " |" if latency else "",
         "|---|" + "---:|" * (latency[0].partitions if latency else 0)]
@@ -103,6 +105,16 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
     md.write_text("\n".join(lines))
     _plot(out / "benchmark.png", header, rows, latency)
     return md
+
+
+def _cpu_cells(run) -> str:
+    """Service (inference) / broker / image server core-ms per event sent; what producing added is in the service."""
+    cpu, n = run.cpu, max(run.sent, 1)
+
+    def ms(key):
+        v = cpu.get(key)
+        return "–" if v is None else f"{v / n * 1e3:.2f}"
+    return f"{ms('process')} ({ms('inference')}) / {ms('broker')} / {ms('images')}" if cpu else "–"
 
 
 def _plot(path: Path, header: dict, rows: list, latency: list) -> None:

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"end to end {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
             capacity = next(r.eps for r in rows if (r.mode, r.engine, r.batch) == ("end to end", "litert", 32))
             for share in (0.5, 0.8):
-                run = run_latency(settings, models["litert"], catalogue, url, share * capacity, args.latency_seconds)
+                run = run_latency(settings, models["litert"], catalogue, url, share * capacity, args.latency_seconds,
+                                  pids=(broker_pid(broker_env), server_pid))
                 run.share = share
                 latency.append(run)
                 print(describe(run), flush=True)
