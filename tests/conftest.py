@@ -45,3 +45,49 @@ def topic_factory(kafka_bootstrap):
         return name
 
     return create
+
+
+@pytest.fixture(scope="module")
+def image_base(tmp_path_factory):
+    """A real HTTP server with a few generated product photos (0.jpg .. 4.jpg)."""
+    from PIL import Image
+
+    from consumer.sample import serve_directory
+
+    root = tmp_path_factory.mktemp("images")
+    for i in range(5):
+        Image.new("RGB", (60, 80), (40 * i, 200 - 30 * i, 90)).save(root / f"{i}.jpg")
+    with serve_directory(root) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny real TF categorizer of the broker tests."""
+    from tiny_categorizer import TinyCategorizer
+
+    return TinyCategorizer()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, topic_factory):
+    """Settings for one test: fresh topics and group, small batches, loopback images allowed."""
+    import uuid
+
+    from consumer.config import Settings
+
+    def make(**overrides) -> Settings:
+        base = dict(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"shelver-test-{uuid.uuid4().hex[:8]}",
+            input_topic=topic_factory(3, "in"),
+            replay_topic=topic_factory(3, "replay"),
+            output_topic=topic_factory(3, "out"),
+            dlq_topic=topic_factory(1, "dlq"),
+            image_allowed_hosts=["127.0.0.1"],
+            max_batch_size=8,
+            max_batch_wait_ms=50,
+        )
+        return Settings(**{**base, **overrides})
+
+    return make

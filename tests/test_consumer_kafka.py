@@ -6,99 +6,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from PIL import Image
+from confluent_kafka import Producer
+from kafka_helpers import TESTS, committed, make_events, read_topic, results, run_service
 from tiny_categorizer import TARGETS, TinyCategorizer
 
 from consumer.config import Settings
 from consumer.replay import replay
-from consumer.sample import publish, serve_directory
-from consumer.service import Service
+from consumer.sample import publish
 from schemas import CategoryAssigned, ProductEvent
 from schemas.wire import make_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
-TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def model():
-    return TinyCategorizer()
-
-
-@pytest.fixture(scope="module")
-def image_base(tmp_path_factory):
-    """A real HTTP server with a few generated product photos (0.jpg .. 4.jpg)."""
-    root = tmp_path_factory.mktemp("images")
-    for i in range(5):
-        Image.new("RGB", (60, 80), (40 * i, 200 - 30 * i, 90)).save(root / f"{i}.jpg")
-    with serve_directory(root) as base:
-        yield base
-
-
-@pytest.fixture
-def settings(kafka_bootstrap, topic_factory):
-    def make(**overrides) -> Settings:
-        base = dict(
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"shelver-test-{uuid.uuid4().hex[:8]}",
-            input_topic=topic_factory(3, "in"),
-            replay_topic=topic_factory(3, "replay"),
-            output_topic=topic_factory(3, "out"),
-            dlq_topic=topic_factory(1, "dlq"),
-            image_allowed_hosts=["127.0.0.1"],
-            max_batch_size=8,
-            max_batch_wait_ms=50,
-        )
-        return Settings(**{**base, **overrides})
-
-    return make
-
-
-def make_events(n: int, base: str, prefix: str = "p") -> list[ProductEvent]:
-    now = datetime.now(timezone.utc)
-    titles = ["Red summer dress", "Leather handbag", "Cotton t-shirt", "Denim jacket"]
-    return [
-        ProductEvent(product_id=f"{prefix}{i}", title=titles[i % 4], image_url=f"{base}/{i % 5}.jpg", event_time=now)
-        for i in range(n)
-    ]
-
-
-def read_topic(s: Settings, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
-    """Every record of ``topic`` (waits for ``expected``, then ``settle`` s more to catch extras)."""
-    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
-    out, deadline, extra_until = [], time.monotonic() + timeout, None
-    try:
-        while time.monotonic() < (extra_until or deadline):
-            for m in c.consume(100, 0.2):
-                assert not m.error(), m.error()
-                out.append(m)
-            if extra_until is None and len(out) >= expected:
-                extra_until = time.monotonic() + settle
-    finally:
-        c.close()
-    return out
-
-
-def results(s: Settings, msgs) -> list[CategoryAssigned]:
-    codec = make_codec(s.schema_registry_url, s.schema_registry_options)
-    return [CategoryAssigned.from_avro(codec.decode(m.value(), "category_assigned", s.output_topic)) for m in msgs]
-
-
-def run_service(s: Settings, model, **kw) -> tuple[Service, threading.Thread]:
-    svc = Service(s, model, **kw)
-    t = threading.Thread(target=lambda: setattr(svc, "rc", svc.run()), daemon=True)
-    t.start()
-    return svc, t
 
 
 def consume_all(s: Settings, model, n: int, n_results: int | None = None) -> list[CategoryAssigned]:
@@ -107,14 +30,6 @@ def consume_all(s: Settings, model, n: int, n_results: int | None = None) -> lis
     t.join(120)
     assert not t.is_alive() and svc.rc == 0
     return results(s, read_topic(s, s.output_topic, n if n_results is None else n_results))
-
-
-def committed(s: Settings) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id})
-    try:
-        return {tp.partition: max(tp.offset, 0) for tp in c.committed([TopicPartition(s.input_topic, p) for p in range(3)], 10)}
-    finally:
-        c.close()
 
 
 def test_every_event_gets_one_result_keyed_by_product_id(settings, model, image_base):

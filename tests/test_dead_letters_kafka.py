@@ -14,14 +14,12 @@ from datetime import datetime, timezone
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-import test_consumer_kafka as ck
-from test_consumer_kafka import committed, make_events, read_topic, results, run_service
+from kafka_helpers import committed, make_events, read_topic, results, run_service
 
 from consumer.sample import publish
 from schemas.wire import make_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
-settings, model, image_base = ck.settings, ck.model, ck.image_base  # the same fixtures
 
 
 def make_topic(bootstrap: str, prefix: str, partitions: int = 1, **config: str) -> str:

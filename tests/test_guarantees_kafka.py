@@ -18,9 +18,8 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
-import test_consumer_kafka as ck
 from confluent_kafka import Consumer
-from test_consumer_kafka import TESTS, make_events, read_topic, results, run_service
+from kafka_helpers import TESTS, make_events, read_topic, results, run_service
 from tiny_categorizer import TinyCategorizer
 
 from consumer.sample import publish
@@ -28,7 +27,6 @@ from consumer.service import Service
 from schemas import ProductEvent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
-settings, model, image_base = ck.settings, ck.model, ck.image_base  # the same fixtures
 
 
 class SlowTiny(TinyCategorizer):

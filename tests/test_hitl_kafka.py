@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafka_helpers import committed, read_topic, results, run_service, wait_for
 
 from consumer.config import Settings
 from consumer.corrections import start_projection_updater
 from consumer.replay import replay
 from consumer.sample import publish
-from consumer.service import Service
 from models.artifact import ArtifactCategorizer, load_artifact
-from schemas import CategoryAssigned, CategoryCorrected, ProductEvent
+from schemas import CategoryCorrected, ProductEvent
 from schemas.wire import make_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
@@ -64,51 +63,6 @@ def events(titles: list[str], prefix: str) -> list[ProductEvent]:
     return [ProductEvent(product_id=f"{prefix}{i}", title=t, event_time=now) for i, t in enumerate(titles)]
 
 
-def read_topic(s: Settings, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
-    """Every record of ``topic`` (waits for ``expected``, then ``settle`` s more to catch extras)."""
-    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
-    out, deadline, extra_until = [], time.monotonic() + timeout, None
-    try:
-        while time.monotonic() < (extra_until or deadline):
-            for m in c.consume(100, 0.2):
-                assert not m.error(), m.error()
-                out.append(m)
-            if extra_until is None and len(out) >= expected:
-                extra_until = time.monotonic() + settle
-    finally:
-        c.close()
-    return out
-
-
-def assigned(s: Settings, msgs) -> list[CategoryAssigned]:
-    codec = make_codec(None)
-    return [CategoryAssigned.from_avro(codec.decode(m.value(), "category_assigned", m.topic())) for m in msgs]
-
-
-def committed(s: Settings) -> int:
-    c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id})
-    try:
-        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(s.input_topic, p) for p in range(3)], 10))
-    finally:
-        c.close()
-
-
-def run_service(s: Settings, model, **kw) -> tuple[Service, threading.Thread]:
-    svc = Service(s, model, **kw)
-    t = threading.Thread(target=lambda: setattr(svc, "rc", svc.run()), daemon=True)
-    t.start()
-    return svc, t
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 CLEAR_AND_VAGUE = [
     "Black leather ankle boots with block heel", "Leather shoulder bag with card slots and zip", "Gold hoop earrings",
     "Blue skinny fit jeans, five pockets, zip fly", "Floral midi dress with V-neck", "Men's cotton crew neck t-shirt",
@@ -124,15 +78,15 @@ def test_low_confidence_results_carry_needs_review_and_also_go_to_the_review_top
     svc, t = run_service(s, ArtifactCategorizer(artifact), max_events=len(CLEAR_AND_VAGUE))
     t.join(120)
     assert svc.rc == 0
-    out = assigned(s, read_topic(s, s.output_topic, len(CLEAR_AND_VAGUE)))
+    out = results(s, read_topic(s, s.output_topic, len(CLEAR_AND_VAGUE)))
     review = read_topic(s, s.review_topic, 1)
     assert all(r.confidence is not None and 0 <= r.confidence <= 1 for r in out)
     flagged = {r.product_id for r in out if r.needs_review}
     assert flagged == {r.product_id for r in out if r.confidence < 0.9}
     assert 0 < len(flagged) < len(out)  # clear products are accepted, vague ones are not
     assert sorted(m.key().decode() for m in review) == sorted(flagged)
-    assert all(r.needs_review for r in assigned(s, review))
-    assert committed(s) == len(CLEAR_AND_VAGUE)
+    assert all(r.needs_review for r in results(s, review))
+    assert sum(committed(s).values()) == len(CLEAR_AND_VAGUE)
 
 
 @pytest.mark.slow  # the committed artifact: ~10-16 s
@@ -145,7 +99,7 @@ def test_failed_review_delivery_stops_without_committing(settings, artifact):
     svc, t = run_service(s, ArtifactCategorizer(artifact), max_events=4)
     t.join(120)
     assert svc.rc == 1 and "delivery" in svc.failure and "missing." in svc.failure
-    assert committed(s) == 0
+    assert sum(committed(s).values()) == 0
 
 
 def publish_corrections(s: Settings, records: list[CategoryCorrected]) -> None:
@@ -234,7 +188,7 @@ def test_taxonomy_split_applied_to_a_running_service_and_replayed(settings, arti
         started = datetime.now(timezone.utc) - timedelta(seconds=1)
         products = events(SWIM, "swim") + events(INTIMATES, "lin")
         publish(s, products)
-        before = {r.product_id: r for r in assigned(s, read_topic(s, s.output_topic, len(products), settle=0.2))}
+        before = {r.product_id: r for r in results(s, read_topic(s, s.output_topic, len(products), settle=0.2))}
         assert "SWIMWEAR" not in {r.category for r in before.values()}
         assert {r.taxonomy_version for r in before.values()} == {artifact.manifest["taxonomy"]["version"]}
 
@@ -247,7 +201,7 @@ def test_taxonomy_split_applied_to_a_running_service_and_replayed(settings, arti
         wait_for(lambda: model.taxonomy_version == "marketplace-v2-swimwear", what="taxonomy adopted")
 
         assert replay(s, s.input_topic, started, None, s.replay_topic) == len(products)
-        out = assigned(s, read_topic(s, s.output_topic, 2 * len(products), settle=0.2))
+        out = results(s, read_topic(s, s.output_topic, 2 * len(products), settle=0.2))
         replayed = {r.product_id: r for r in out if r.replayed}
         assert set(replayed) == {p.product_id for p in products}
         assert {r.taxonomy_version for r in replayed.values()} == {"marketplace-v2-swimwear"}

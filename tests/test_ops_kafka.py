@@ -9,58 +9,31 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
-from test_consumer_kafka import make_events, read_topic, results
+from kafka_helpers import make_events, read_topic, results, wait_for
 from tiny_categorizer import TinyCategorizer
 
 from consumer.config import Settings
 from consumer.metrics import Metrics, serve
-from consumer.sample import publish, serve_directory
+from consumer.sample import publish
 from consumer.service import Service
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def image_base(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    for i in range(5):
-        Image.new("RGB", (60, 80), (40 * i, 200 - 30 * i, 90)).save(root / f"{i}.jpg")
-    with serve_directory(root) as base:
-        yield base
-
-
 @pytest.fixture
-def settings(kafka_bootstrap, topic_factory):
-    def make(**overrides) -> Settings:
-        base = dict(
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"shelver-ops-{uuid.uuid4().hex[:8]}",
-            input_topic=topic_factory(3, "in"),
-            replay_topic=topic_factory(3, "replay"),
-            output_topic=topic_factory(3, "out"),
-            dlq_topic=topic_factory(1, "dlq"),
-            image_allowed_hosts=["127.0.0.1"],
-            max_batch_size=8,
-            max_batch_wait_ms=50,
-            stats_interval_ms=500,
-        )
-        return Settings(**{**base, **overrides})
-
-    return make
+def settings(settings):
+    """The broker tests' settings with librdkafka statistics every 500 ms (the lag metrics come from them)."""
+    return lambda **overrides: settings(**{"stats_interval_ms": 500, **overrides})
 
 
 def free_port() -> int:
@@ -78,16 +51,6 @@ def http_get(url: str) -> tuple[int | None, str]:
         return exc.code, exc.read().decode()
     except (urllib.error.URLError, ConnectionError):
         return None, ""
-
-
-def wait_for(cond, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def scrape(port: int, name: str) -> list[tuple[dict, float]]:
