@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from PIL import Image
 
 from consumer.config import Settings
@@ -29,16 +28,9 @@ from training import data
 
 def heldout_rows(cat, limit: int, seed: int):
     """(image paths, true targets) of the held-out split, optionally a seeded subsample of ``limit``."""
-    a2l = cat.artifact.manifest["label_space"]["article_to_label"]
-    index = {lab: i for i, lab in enumerate(cat.labels)}
-    df = data.load_catalogue()
-    y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
-    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
-    _, rows = data.split(df, y)
-    if limit and limit < len(rows):
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
-    mapping = data.article_type_targets()
-    return df["image_path"].iloc[rows].tolist(), [mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]]
+    df, rows, truth = data.heldout_sample(cat.labels, cat.artifact.manifest["label_space"]["article_to_label"],
+                                          limit, seed)
+    return df["image_path"].iloc[rows].tolist(), truth
 
 
 def main() -> None:

@@ -27,19 +27,13 @@ def categorizer():
 def heldout(categorizer):
     """A seeded sample of the held-out split (never trained on): prepared pixels and true categories."""
     cat = categorizer
-    a2l = cat.artifact.manifest["label_space"]["article_to_label"]
-    index = {lab: i for i, lab in enumerate(cat.labels)}
-    df = data.load_catalogue()
-    y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
-    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
-    _, rows = data.split(df, y)
-    rows = np.sort(np.random.default_rng(0).choice(rows, N, replace=False))
-    mapping = data.article_type_targets()
+    df, rows, truth = data.heldout_sample(cat.labels, cat.artifact.manifest["label_space"]["article_to_label"],
+                                          N, seed=0)
     images = []
     for path in df["image_path"].iloc[rows]:
         with Image.open(path) as im:
             images.append(cat.prepare_image(im))
-    return images, [mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]]
+    return images, truth
 
 
 @pytest.mark.slow

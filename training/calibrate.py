@@ -115,16 +115,9 @@ def _catalogue_rows(cat, cache: Path, max_rows: int) -> dict[str, np.ndarray]:
     if cache.exists():
         with np.load(cache) as z:
             return dict(z)
-    a2l = cat.artifact.manifest["label_space"]["article_to_label"]
-    index = {lab: i for i, lab in enumerate(cat.labels)}
-    df = data.load_catalogue()
-    y = np.array([index.get(a2l.get(a, ""), -1) for a in df["articleType"]])
-    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
-    _, rows = data.split(df, y)
-    if max_rows and len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng(11).choice(rows, max_rows, replace=False))
-    mapping = data.article_type_targets()
-    truth = np.array([mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]])
+    df, rows, truth = data.heldout_sample(cat.labels, cat.artifact.manifest["label_space"]["article_to_label"],
+                                          max_rows, seed=11)
+    truth = np.array(truth)
     image_p = image_probabilities(cat._image_fn, cat.image_size, df["image_path"].iloc[rows].tolist())
     text_p = cat.artifact.text_model.predict_proba(df["productDisplayName"].iloc[rows].astype(str).tolist())
     used = np.ones(len(rows), bool)

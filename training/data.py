@@ -106,6 +106,23 @@ def split(df: pd.DataFrame, y: np.ndarray, holdout: float = 0.15, seed: int = 13
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def heldout_sample(labels, article_to_label: dict[str, str], limit: int = 0,
+                   seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """(catalogue rows a model of these labels maps, held-out row indices, their true target categories).
+
+    The held-out split of ``split`` (never trained on); with ``limit`` a seeded, sorted subsample of it.
+    """
+    index = {lab: i for i, lab in enumerate(labels)}
+    df = load_catalogue()
+    y = np.array([index.get(article_to_label.get(a, ""), -1) for a in df["articleType"]])
+    df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
+    _, rows = split(df, y)
+    if limit and limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    mapping = article_type_targets()
+    return df, rows, [mapping.get(a, "OTHERS") for a in df["articleType"].iloc[rows]]
+
+
 def data_hash(df: pd.DataFrame) -> str:
     """Short fingerprint of the rows and labels a model was trained on (goes into the manifest)."""
     h = hashlib.sha256()
