@@ -4,7 +4,8 @@
 
 (a) ``model``: ``categorize()`` on pre-decoded, pre-fetched inputs in batches of B;
 (b) ``end-to-end``: N sample events produced to fresh topics, the service run until N are committed
-    (images fetched over HTTP from a local server), timed from the first partition assignment;
+    (images fetched over HTTP from a local server), timed from the first partition assignment to the
+    last commit (``run_all.bench_service``);
 (c) ``end-to-end`` with ``max_batch_size=1``, the one-at-a-time loop.
 Needs a broker at SHELVER_BOOTSTRAP_SERVERS (``scripts/kafka-local start``) and the catalogue
 (SHELVER_DATA_DIR). ``--tiny`` uses the small test model instead of the trained artifact, to check
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -26,12 +25,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from image_server import image_server  # noqa: E402
+from run_all import bench_service  # noqa: E402
 
-from consumer.admin import ensure_topics  # noqa: E402
 from consumer.config import Settings  # noqa: E402
 from consumer.logs import configure  # noqa: E402
-from consumer.sample import publish, sample_events  # noqa: E402
-from consumer.service import Service  # noqa: E402
 from training.data import data_dir, load_catalogue  # noqa: E402
 
 
@@ -57,27 +54,6 @@ def bench_model(model, catalogue, n: int, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int) -> float:
-    tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(update=dict(
-        group_id=f"bench-{tag}", input_topic=f"bench.in.{tag}", replay_topic=None,
-        output_topic=f"bench.out.{tag}", dlq_topic=f"bench.dlq.{tag}", max_batch_size=batch,
-        image_allowed_hosts=[*base.image_allowed_hosts, "127.0.0.1"], log_level="WARNING",
-    ))
-    ensure_topics(s, partitions=3)
-    publish(s, sample_events(catalogue, image_url, n, seed=1))
-    svc = Service(s, model, max_events=n)
-    thread = threading.Thread(target=svc.run)
-    thread.start()
-    while not svc.assignment and thread.is_alive():
-        time.sleep(0.01)
-    start = time.perf_counter()
-    thread.join()
-    if svc.completed < n:
-        raise RuntimeError(f"service stopped after {svc.completed}/{n} events: {svc.failure}")
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=32)
@@ -95,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     n, b = args.events, args.batch_size
     rows = [("model only", b, n, bench_model(model, catalogue, n, b))]
     with image_server(root / "images") as (url, _):
-        rows.append(("end-to-end", b, n, bench_service(settings, model, catalogue, url, n, b)))
+        rows.append(("end-to-end", b, n, bench_service(settings, model, catalogue, url, n, b, partitions=3).seconds))
         single = args.single_events or n
-        rows.append(("end-to-end", 1, single, bench_service(settings, model, catalogue, url, single, 1)))
+        rows.append(("end-to-end", 1, single,
+                     bench_service(settings, model, catalogue, url, single, 1, partitions=3).seconds))
 
     print(f"model {model.model_version}, {settings.bootstrap_servers}")
     print(f"{'mode':<12} {'batch':>5} {'events':>7} {'seconds':>8} {'events/s':>9}")

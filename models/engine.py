@@ -107,6 +107,31 @@ def chunk_rows(rows: int, workers: int, min_rows: int = 4) -> list[slice]:
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
+def _tasks() -> set[str]:
+    """This process's threads (Linux task ids; empty elsewhere)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover - not Linux
+        return set()
+
+
+def _name_tasks(tids: Iterable[str], name: str) -> None:
+    """Name threads as ``top -H`` and ``/proc`` show them (the kernel keeps 15 characters).
+
+    Inference threads named ``litert…`` let an operator, and the benchmark's CPU accounting, tell
+    them from the fetcher, the Kafka clients and the rest of the process.
+    """
+    for tid in tids:
+        try:
+            Path(f"/proc/self/task/{tid}/comm").write_text(name[:15])
+        except OSError:  # pragma: no cover - not Linux, or the thread is gone
+            pass
+
+
+def _name_current_thread(name: str) -> None:
+    _name_tasks([str(threading.get_native_id())], name)
+
+
 class _Interpreter:
     """One LiteRT interpreter with XNNPACK, its input resized to each chunk's shape.
 
@@ -121,7 +146,8 @@ class _Interpreter:
         (inp,) = self._interp.get_input_details()
         (out,) = self._interp.get_output_details()
         self._in, self._out, self.dtype = inp["index"], out["index"], inp["dtype"]
-        self._shape: tuple[int, ...] | None = None
+        self._interp.allocate_tensors()  # starts XNNPACK's worker threads now (threads > 1), not at the first batch
+        self._shape: tuple[int, ...] | None = tuple(inp["shape"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.shape != self._shape:
@@ -152,8 +178,11 @@ class LiteRTRunner:
             self._free.put(interp)
         self._pool, self._wide = None, None
         if self.workers > 1:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="litert")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="litert",
+                                            initializer=_name_current_thread, initargs=("litert",))
+            before = _tasks()
             self._wide = _Interpreter(flatbuffer, threads=self.workers)
+            _name_tasks(_tasks() - before, "litert-xnnpack")  # its intra-op workers, started just now
             self._wide_lock = threading.Lock()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -163,14 +192,17 @@ class LiteRTRunner:
         finally:
             self._free.put(interp)
 
+    def _run_wide(self, x: np.ndarray) -> np.ndarray:
+        with self._wide_lock:
+            return self._wide(x)
+
     def __call__(self, x) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x), dtype=self.dtype)
         parts = chunk_rows(len(x), self.workers)
         if self._pool is None:
             return self._run(x)
-        if len(parts) <= 1:
-            with self._wide_lock:
-                return self._wide(x)
+        if len(parts) <= 1:  # on a pool thread too, so every interpreter runs on a thread named litert
+            return self._pool.submit(self._run_wide, x).result()
         return np.concatenate(list(self._pool.map(self._run, (x[p] for p in parts))))
 
 

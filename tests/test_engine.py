@@ -153,3 +153,39 @@ def test_a_second_load_reads_the_cached_conversion_instead_of_converting(engines
     monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", no_conversion)
     again = load_categorizer(Settings().resolved_artifact_dir(), engine="litert")
     assert again.engine == "litert"
+
+
+def _litert_threads_cpu_s() -> float:
+    """CPU seconds of this process's threads named litert… (what benchmarks/image_server.CpuMeter counts)."""
+    import os
+    from pathlib import Path
+
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("litert"):
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows", [1, 8], ids=["one row (multi-threaded interpreter)", "split batch"])
+def test_inference_cpu_is_spent_on_threads_named_litert(engines, catalogue_inputs, rows):
+    import os
+
+    from models.engine import LiteRTRunner
+
+    lite = engines["litert"]
+    x = np.stack([lite.prepare_image(Image.open(p)) for p in catalogue_inputs[1][:rows]])
+    runner = LiteRTRunner(lite._image_fn.flatbuffer, workers=2)
+    runner(x)  # pool threads start on the first call
+    named, process = _litert_threads_cpu_s(), sum(os.times()[:2])
+    for _ in range(max(4, 40 // rows)):
+        runner(x)
+    named, process = _litert_threads_cpu_s() - named, sum(os.times()[:2]) - process
+    # Before the threads were named, a one-row batch ran on the caller and XNNPACK's unnamed
+    # workers: none of its CPU was counted as inference.
+    assert process > 0.05 and named > 0.8 * process, (named, process)
