@@ -94,17 +94,28 @@ def convert_to_litert(model, cache_dir: Path | None, key: str) -> bytes:
 
 
 def chunk_rows(rows: int, workers: int, min_rows: int = 4) -> list[slice]:
-    """Split a batch into about two chunks per worker, none smaller than ``min_rows`` if avoidable.
+    """Split a batch into chunks for ``workers`` interpreters: as many rows per worker as possible alike.
 
-    Two chunks per worker let a worker whose core is busy with other work (image fetches, Kafka,
-    another process) fall behind without holding the others at a barrier, which XNNPACK's
-    intra-op threads do; equal chunk sizes keep the interpreters' input shapes (and plans) stable.
+    Two chunks per worker once each would still hold ``min_rows``: a worker whose core is busy with
+    other work (image fetches, Kafka, another process) then falls behind without holding the others
+    at a barrier, which XNNPACK's intra-op threads do. Smaller batches get one chunk per worker. The
+    chunk count is a multiple of the workers and sizes differ by one row at most, so no worker runs
+    a round alone: 12 rows on 2 workers are 6 + 6, not 4 + 4 + 4 (measured 40 vs 49 ms).
     """
     if rows <= 0:
         return []
     workers = max(1, workers)
-    size = max(-(-rows // (2 * workers)), min(min_rows, -(-rows // workers)))
-    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+    if rows >= 2 * workers * min_rows:
+        count = 2 * workers
+    elif rows >= workers * min_rows:
+        count = workers
+    else:  # a small batch still uses every core it can
+        count = min(workers, rows)
+    size, extra = divmod(rows, count)
+    bounds = [0]
+    for k in range(count):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _tasks() -> set[str]:

@@ -47,7 +47,15 @@ def test_chunk_rows_covers_the_batch_in_order_with_two_equal_chunks_per_worker()
         for workers in (1, 2, 3, 16):
             parts = chunk_rows(rows, workers)
             assert [i for p in parts for i in range(p.start, p.stop)] == list(range(rows))
-            assert len({p.stop - p.start for p in parts[:-1]}) <= 1  # one shape, except the remainder
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1  # no worker gets a round more than another
+            assert len(parts) % workers == 0 or len(parts) == rows < workers
+
+
+def test_chunk_rows_balances_rows_per_worker_instead_of_leaving_one_worker_a_round_alone():
+    # 12 rows on 2 workers were 4 + 4 + 4: one worker ran 8 rows while the other ran 4
+    assert [p.stop - p.start for p in chunk_rows(12, workers=2)] == [6, 6]
+    assert [p.stop - p.start for p in chunk_rows(17, workers=2)] == [5, 4, 4, 4]
 
 
 def test_chunk_rows_keeps_small_batches_on_all_workers_and_big_ones_out_of_tiny_chunks():
