@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
         def load_with_projections():
             loaded = load(settings)
-            updaters[id(loaded)] = start_projection_updater(settings, loaded)
+            updaters[id(loaded)] = start_projection_updater(settings, loaded, metrics)
             return loaded
 
         def retire(old, new) -> None:

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -99,9 +100,9 @@ class ProjectionUpdater(threading.Thread):
     """The reader thread (see the module docstring). ``categorizer`` needs ``set_projections``,
     ``projections``, ``labels``, ``model_version`` and ``artifact.text_model`` (ArtifactCategorizer)."""
 
-    def __init__(self, settings: Settings, categorizer):
+    def __init__(self, settings: Settings, categorizer, metrics=None):
         super().__init__(name="projections", daemon=True)
-        self.s, self.model = settings, categorizer
+        self.s, self.model, self.metrics = settings, categorizer, metrics
         q, targets, version = categorizer.projections
         self.state = ProjectionState(Base(version, targets, q), len(categorizer.labels), categorizer.model_version,
                                      settings.corrections_prior_strength, settings.corrections_reviewer_cap,
@@ -228,9 +229,16 @@ class ProjectionUpdater(threading.Thread):
             self.producer.produce(self.s.dlq_topic, msg.value(), msg.key(), headers=[
                 ("error", code.encode()), ("error_reason", reason[:500].encode()),
                 ("source_topic", msg.topic().encode()), ("source_partition", str(msg.partition()).encode()),
-                ("source_offset", str(msg.offset()).encode())])
+                ("source_offset", str(msg.offset()).encode())], on_delivery=partial(self._delivered, code))
             self.dlq_sent += 1
         return False
+
+    def _delivered(self, code: str, err, _msg) -> None:
+        """Counted with the service's dead letters (shelver_dead_letters_total) once the broker has it."""
+        if err is not None:
+            log.warning("rejected correction not delivered to the DLQ", code=code, error=str(err))
+        elif self.metrics is not None:
+            self.metrics.dead_letters.labels(code).inc()
 
     def _apply(self) -> None:
         q, targets, version = self.state.projections()
@@ -240,12 +248,12 @@ class ProjectionUpdater(threading.Thread):
             log.info("projections updated", taxonomy_version=version, corrections=len(self.state.corrections))
 
 
-def start_projection_updater(settings: Settings, categorizer) -> ProjectionUpdater | None:
+def start_projection_updater(settings: Settings, categorizer, metrics=None) -> ProjectionUpdater | None:
     """Start the reader and wait (bounded) until it has read both topics to their end, so the first
     batch already uses the current projections. None when switched off or the model cannot swap."""
     if not (settings.corrections_topic or settings.taxonomy_topic) or not hasattr(categorizer, "set_projections"):
         return None
-    updater = ProjectionUpdater(settings, categorizer)
+    updater = ProjectionUpdater(settings, categorizer, metrics)
     updater.start()
     if not updater.caught_up.wait(settings.corrections_catchup_timeout_s):
         log.warning("corrections not read to the end in time; starting with what is read so far",

@@ -103,7 +103,8 @@ class Metrics:
         self.events_consumed = Counter("shelver_events_consumed", "Events formed into batches, per input topic",
                                        ["topic"], registry=r)
         self.results = Counter("shelver_results", "Results delivered and committed", registry=r)
-        self.dead_letters = Counter("shelver_dead_letters", "Dead letters delivered and committed, per error code",
+        self.dead_letters = Counter("shelver_dead_letters",
+                                    "Dead letters delivered (input events': and committed), per error code",
                                     ["error"], registry=r)
         self.dead_letters_truncated = Counter(
             "shelver_dead_letters_truncated",

@@ -20,6 +20,7 @@ from kafka_helpers import committed, read_topic, results, run_service, wait_for
 
 from consumer.config import Settings
 from consumer.corrections import start_projection_updater
+from consumer.metrics import Metrics
 from consumer.replay import replay
 from consumer.sample import publish
 from models.artifact import ArtifactCategorizer, load_artifact
@@ -116,7 +117,8 @@ def test_corrections_reach_every_instance_identically_survive_restarts_and_rejec
     s = settings()
     first = ArtifactCategorizer(artifact)
     base_version = first.taxonomy_version
-    updater = start_projection_updater(s, first)
+    metrics = Metrics()
+    updater = start_projection_updater(s, first, metrics)
     now = datetime.now(timezone.utc)
     good = [CategoryCorrected(product_id=f"c{i}", category="LINGERIE", text=t, reviewer=f"rev{i % 2}", corrected_at=now)
             for i, t in enumerate(["Triangular design, bow fastening on neck and back", "Elastic, thin straps",
@@ -137,6 +139,10 @@ def test_corrections_reach_every_instance_identically_survive_restarts_and_rejec
         dlq = read_topic(s, s.dlq_topic, 2)
         assert sorted(dict(m.headers())["error"].decode() for m in dlq) == ["no_distribution", "unknown_category"]
         assert sorted(m.key().decode() for m in dlq) == ["x1", "x2"]
+        # counted with the service's dead letters once delivered (they were not counted at all before)
+        for code in ("no_distribution", "unknown_category"):
+            wait_for(lambda c=code: metrics.registry.get_sample_value("shelver_dead_letters_total", {"error": c}) == 1,
+                     what=f"{code} counted")
 
         # A second instance (or this one restarted) rebuilds exactly the same projections from the topic,
         # and does not send the old rejects to the DLQ again.
