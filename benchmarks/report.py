@@ -71,7 +71,7 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
         cpu = (r.stages or {}).get("cpu")
         if not cpu:
             continue
-        per = {k: (None if v is None else v / r.events * 1e3) for k, v in cpu.items()}
+        per = {k: (None if v is None else v / r.events * 1e3) for k, v in cpu.items() if k != "by_thread"}
         split = r.engine == "litert"  # TensorFlow's own threads are not told apart from the rest
         parts = [per["inference"] if split else None, per["rest"] if split else per["process"], per["broker"],
                  per["images"]]
@@ -79,6 +79,7 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
         cells = " | ".join("–" if v is None else f"{v:.2f}" for v in parts)
         share = f"{parts[0] / total:.2f}" if split and total else "–"
         lines.append(f"| {r.engine} | {r.batch} | {cells} | {total:.2f} | {share} |")
+    lines += _by_thread(rows)
     wait_ms = settings.max_batch_wait_ms
     lines += ["", "## Latency under a fixed load", "",
               f"Events produced at a fixed rate over 6 partitions (LiteRT, max_batch_size "
@@ -109,6 +110,21 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
     md.write_text("\n".join(lines))
     _plot(out / "benchmark.png", header, rows, latency)
     return md
+
+
+def _by_thread(rows) -> list[str]:
+    """The rest of the service's CPU per event, split by what its threads do (image_server.THREAD_GROUPS)."""
+    out = []
+    for r in rows:
+        cpu = (r.stages or {}).get("cpu") or {}
+        if r.engine != "litert" or not cpu.get("by_thread"):
+            continue
+        groups = {k: v for k, v in cpu["by_thread"].items() if k != "inference"}
+        groups["threads that ended during the run"] = cpu["rest"] - sum(groups.values())
+        parts = ", ".join(f"{k} {v / r.events * 1e3:.2f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+                          if v / r.events * 1e3 >= 0.005)
+        out.append(f"- batch {r.batch}, the rest of the service by thread (core-ms per event): {parts}")
+    return ["", *out] if out else []
 
 
 def _cpu_cells(run) -> str:

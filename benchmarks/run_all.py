@@ -125,7 +125,7 @@ def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batc
     publish(s, sample_events(catalogue, image_url, n, seed=1))
     staged, fetcher = StageModel(model), TimedFetcher(ImageFetcher(s))
     svc = Service(s, staged, fetcher, max_events=n)
-    thread = threading.Thread(target=svc.run)
+    thread = threading.Thread(target=svc.run, name="service")  # its CPU: the Kafka loop (image_server.THREAD_GROUPS)
     thread.start()
     while not svc.assignment and thread.is_alive():
         time.sleep(0.01)
