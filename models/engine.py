@@ -193,7 +193,9 @@ class LiteRTRunner:
                                             initializer=_name_current_thread, initargs=("litert",))
             before = _tasks()
             self._wide = _Interpreter(flatbuffer, threads=self.workers)
-            _name_tasks(_tasks() - before, "litert-xnnpack")  # its intra-op workers, started just now
+            # Its intra-op workers, started just now (a thread another part of the process starts in
+            # these milliseconds, during a hot reload, would get the name too: a name, nothing more).
+            _name_tasks(_tasks() - before, "litert-xnnpack")
             self._wide_lock = threading.Lock()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
