@@ -29,7 +29,8 @@ def make_events(n: int, base: str, prefix: str = "p") -> list[ProductEvent]:
 def read_topic(s: Settings, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
     """Every record of ``topic`` (waits for ``expected``, then ``settle`` s more to catch extras)."""
     c = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})  # librdkafka's default: never aborted or open transactions
     c.subscribe([topic])
     out, deadline, extra_until = [], time.monotonic() + timeout, None
     try:
