@@ -306,6 +306,8 @@ class Service:
             batch.outs = [batch.swaps.get(id(o), o) for o in batch.outs]
             # A new producer with the same transactional.id: a fresh epoch, every partition usable again.
             self.producer = make_producer(self.s, transactional=True)
+            # guarantee: waits until the broker has finished the abort (its markers written; a topic
+            # limit under 78 bytes can never take one: CONCURRENT_TRANSACTIONS until we stop, README).
             self._txn(self.producer.init_transactions, 60)
 
     def _txn(self, call, *args) -> None:
