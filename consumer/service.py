@@ -9,8 +9,10 @@ control in ``consumer.batching``) and polling continues, so slow inference never
 
 At-least-once: offsets are committed synchronously, per partition only up to the end of a
 delivered prefix of batches (``consumer.commits``): every result and DLQ record before them has a
-successful delivery report. A record refused for itself alone (too large, invalid) goes to the DLQ
-instead, cut to fit (``consumer.dead_letters``), so no input can stop the service; a failure of
+successful delivery report. Commits are coalesced, one per ``commit_interval_ms`` at most, and
+everything delivered is committed before partitions are given up or the service stops. A record
+refused for itself alone (too large, invalid) goes to the DLQ instead, cut to fit
+(``consumer.dead_letters``), so no input can stop the service; a failure of
 the pipeline (broker, authorization, fatal client error) stops it without committing, and the
 group redelivers.
 
@@ -34,7 +36,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException,
 from consumer import scoring
 from consumer import dead_letters
 from consumer.batching import MicroBatcher, flow_control
-from consumer.commits import CommitLedger
+from consumer.commits import CommitLedger, CommitSchedule
 from consumer.config import Settings
 from consumer.kafka_io import make_consumer, make_producer
 from consumer.logs import get_logger
@@ -144,6 +146,8 @@ class Service:
         self.done: queue.Queue[Batch] = queue.Queue()
         self.inflight: deque[Batch] = deque()  # formed, not yet delivered, in consume order
         self.ledger = CommitLedger()  # which offsets may be committed (delivered prefix per partition)
+        # when they are: coalesced in at-least-once mode; exactly-once commits them in every batch's transaction
+        self.schedule = CommitSchedule(0.0 if self.eos else settings.commit_interval_ms / 1000)
         self.dlq_budget = dead_letters.value_budget(int(settings.kafka_options.get(
             "message.max.bytes", dead_letters.DEFAULT_MESSAGE_MAX_BYTES)))
         self.fetch_pool = ThreadPoolExecutor(settings.pipeline_depth + 1, thread_name_prefix="fetch")
@@ -155,7 +159,7 @@ class Service:
         self.assignment_changed = False
         self.assignment: set[tuple[str, int]] = set()
         self.seq = 0
-        self.completed = 0  # events (results + DLQ) committed
+        self.completed = 0  # events (results + DLQ) delivered, their offsets committed or scheduled
         self.t_start = time.perf_counter()
         self.last_message: float | None = None  # idle clock; starts at the first assignment
         self.polled_at = time.monotonic()  # when consume() last returned: the group's view of our liveness
@@ -420,15 +424,17 @@ class Service:
         self._send(batch, replacement)
 
     # ---- the one place offsets are committed ----------------------------------------------------
-    def _commit_completed(self) -> None:
+    def _commit_completed(self, force: bool = False) -> None:
         if self.failure:
             raise PipelineFailed(self.failure)
         done = [b for b in self.inflight if b.emitted and b.pending == 0]
         for batch in done:
             self.ledger.complete(batch.seq)  # every record of it has a successful delivery report
             self.inflight.remove(batch)
+        self.schedule.add(self.ledger.take())
         # guarantee: per partition only the end of a delivered prefix, never a lost partition's offsets.
-        self._commit([TopicPartition(t, p, o) for (t, p), o in self.ledger.take().items()])
+        due = self.schedule.due(time.monotonic(), force=force)
+        self._commit([TopicPartition(t, p, o) for (t, p), o in due.items()])
         for batch in done:
             self.completed += len(batch.items)
             self._log_batch(batch)
@@ -504,6 +510,7 @@ class Service:
             self._pump()
             self.producer.poll(0.05)
             self._commit_completed()
+        self._commit_completed(force=True)  # guarantee: nothing delivered stays uncommitted past a drain
 
     def _limits_reached(self) -> bool:
         if self.max_events is not None and self.completed >= self.max_events:
@@ -542,6 +549,7 @@ class Service:
             for it in batch.items:
                 it.dropped = it.dropped or (not batch.emitted and it.tp in lost)
         self.ledger.lose(lost)  # guarantee: their offsets now belong to another member; never commit them
+        self.schedule.lose(lost)  # nor those already waiting for the next commit
         if self.failure is None:
             self._drain()
         self.assignment -= lost

@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from consumer import dead_letters
-from consumer.commits import CommitLedger
+from consumer.commits import CommitLedger, CommitSchedule
 
 A0, A1 = ("in", 0), ("in", 1)
 
@@ -93,3 +93,37 @@ def test_truncated_copy_says_what_the_original_was():
     assert h["original_key_size"] == b"5000"
     _, _, short_key_headers = dead_letters.truncated(b"id", value, 10)
     assert "original_key_size" not in dict(short_key_headers)
+
+
+def test_commit_schedule_holds_offsets_for_the_interval_then_commits_the_newest_per_partition():
+    s = CommitSchedule(interval_s=1.0)
+    s.add({A0: 10})
+    assert s.due(now=100.0) == {A0: 10}  # the first commit is not held back
+    s.add({A0: 20, A1: 5})
+    s.add({A0: 30})
+    assert s.due(now=100.5) == {}  # within the interval: they wait
+    assert s.due(now=101.0) == {A0: 30, A1: 5}
+    assert s.due(now=105.0) == {}  # nothing waiting, nothing to commit
+    s.add({A1: 9})
+    assert s.due(now=105.0) == {A1: 9}  # after a quiet spell: at once
+
+
+def test_commit_schedule_force_takes_everything_and_interval_zero_commits_every_time():
+    s = CommitSchedule(interval_s=60.0)
+    s.add({A0: 1})
+    assert s.due(now=0.0) == {A0: 1}
+    s.add({A0: 2})
+    assert s.due(now=1.0) == {} and s.due(now=1.0, force=True) == {A0: 2}
+    every = CommitSchedule(interval_s=0.0)
+    for offset in (1, 2, 3):
+        every.add({A0: offset})
+        assert every.due(now=0.0) == {A0: offset}
+
+
+def test_commit_schedule_never_commits_a_lost_partitions_waiting_offsets():
+    s = CommitSchedule(interval_s=60.0)
+    s.add({A0: 1})
+    s.due(now=0.0)
+    s.add({A0: 7, A1: 3})
+    s.lose([A0])
+    assert s.due(now=0.0, force=True) == {A1: 3}

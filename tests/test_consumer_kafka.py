@@ -48,6 +48,26 @@ def test_every_event_gets_one_result_keyed_by_product_id(settings, model, image_
     assert read_topic(s, s.dlq_topic, 0, settle=0.5) == []
 
 
+def test_commits_wait_for_the_commit_interval_and_everything_delivered_is_committed_at_stop(settings, model, image_base):
+    from kafka_helpers import wait_for
+
+    s = settings(max_batch_size=2, commit_interval_ms=600_000)
+    events = make_events(12, image_base)
+    svc, t = run_service(s, model)
+    try:
+        publish(s, events[:2])
+        wait_for(lambda: sum(committed(s).values()) == 2, what="the first commit, not held back")
+        publish(s, events[2:])
+        assert len(read_topic(s, s.output_topic, 12)) == 12  # all delivered ...
+        assert sum(committed(s).values()) == 2  # ... and their offsets wait for the interval (a commit per batch before)
+        assert svc.completed == 12
+    finally:
+        svc.stop()
+        t.join(60)
+    assert svc.rc == 0
+    assert sum(committed(s).values()) == 12  # the drain at stop commits everything delivered
+
+
 def test_poison_goes_to_dlq_with_original_bytes_and_good_events_are_categorized(settings, model, image_base):
     s = settings()
     codec = make_codec(None)
