@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from confluent_kafka import Producer
-from kafka_helpers import TESTS, committed, make_events, read_topic, results, run_service
+from kafka_helpers import TESTS, committed, make_events, read_topic, results, run_service, wait_for
 from tiny_categorizer import TARGETS, TinyCategorizer
 
 from consumer.config import Settings
@@ -49,8 +49,6 @@ def test_every_event_gets_one_result_keyed_by_product_id(settings, model, image_
 
 
 def test_commits_wait_for_the_commit_interval_and_everything_delivered_is_committed_at_stop(settings, model, image_base):
-    from kafka_helpers import wait_for
-
     s = settings(max_batch_size=2, commit_interval_ms=600_000)
     events = make_events(12, image_base)
     svc, t = run_service(s, model)
