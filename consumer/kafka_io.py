@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -48,6 +49,14 @@ def make_consumer(settings: Settings, extra: dict[str, Any] | None = None) -> Co
     return Consumer(conf)
 
 
+def make_reader(settings: Settings, purpose: str, extra: dict[str, Any] | None = None) -> Consumer:
+    """A throwaway reader: its own random group (``<group_id>.<purpose>.<random>``) that never commits
+    (make_consumer switches auto-commit off), so reading never moves the service's offsets. Partition
+    EOF is on: it also ends a partition whose last offsets are transaction markers (never delivered)."""
+    return make_consumer(settings, {"group.id": f"{settings.group_id}.{purpose}.{uuid.uuid4().hex[:8]}",
+                                    "enable.partition.eof": True, **(extra or {})})
+
+
 def transactional_id(settings: Settings) -> str:
     """Stable per instance, so a restarted instance fences its zombie (the old epoch can no longer commit).
 
@@ -73,3 +82,16 @@ def make_producer(settings: Settings, extra: dict[str, Any] | None = None, *, tr
         # guarantee (exactly-once): records and consumer offsets are committed atomically per batch.
         conf["transactional.id"] = transactional_id(settings)
     return Producer(conf)
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, *,
+            headers: list | None = None, on_delivery=None, wait_s: float = 0.1) -> None:
+    """The one produce-with-retry: while the local queue is full (BufferError), serve delivery reports
+    for ``wait_s`` and try again. A record refused before it left (e.g. larger than message.max.bytes)
+    raises KafkaException to the caller, which decides whether that record alone is at fault."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(wait_s)

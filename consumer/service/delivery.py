@@ -1,0 +1,232 @@
+"""How a batch's records and offsets reach Kafka: one interface, one implementation per guarantee.
+
+``AtLeastOnce``: records are produced as batches finish; offsets are committed by the consumer,
+per partition only up to a delivered prefix, coalesced to one commit per ``commit_interval_ms``.
+A record refused for itself alone is replaced by a dead letter (cut to fit) and the batch waits
+for that instead; any other delivery failure stops the service without committing.
+
+``Transactional`` (exactly-once): each batch's records and its input offsets go in one producer
+transaction; a transaction doomed by a refused record is aborted and retried with that record
+replaced; a fenced or otherwise failed transaction stops the service without committing.
+
+The service loop calls only ``start``, ``emit``, ``poll``, ``commit``, ``abort`` and ``close``
+and never asks which guarantee it runs under. Every Kafka timeout of the delivery path is below.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from consumer import dead_letters
+from consumer.config import Settings
+from consumer.kafka_io import make_producer, produce
+from consumer.logs import get_logger
+from consumer.service.builders import RecordBuilder
+from consumer.service.records import Batch, Out
+
+log = get_logger("shelver.service")
+
+# ---- every timeout and retry count of the delivery path --------------------------------------------
+INIT_TIMEOUT_S = 60  # init_transactions: fences older epochs, waits for the broker to finish an abort
+ROUND_ABORT_TIMEOUT_S = 30  # aborting a transaction doomed by a refused record, before the next round
+CLOSE_ABORT_TIMEOUT_S = 10  # aborting the open transaction after a failure, at shutdown
+CLOSE_FLUSH_TIMEOUT_S = 10  # delivering what is queued at shutdown
+TXN_ATTEMPTS = 5  # a transactional call that fails retriably is tried this often
+COMMIT_ATTEMPTS = 3  # at-least-once: a consumer commit that fails retriably is tried this often
+IDLE_ROUNDS = 2  # exactly-once: rounds failing only from purged records before the batch is given up
+# A transaction's records dropped because another of its records failed first: not their own fault.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+
+class PipelineFailed(RuntimeError):
+    """A delivery or inference failure: stop without committing anything not yet committed."""
+
+
+class Delivery:
+    """Produces batches' records and commits offsets under one guarantee (the base: produce and replace)."""
+
+    commit_interval_s: float = 0.0  # how long delivered offsets may wait to be coalesced into one commit
+
+    def __init__(self, settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None]):
+        self.s, self.builder, self.metrics, self.fail = settings, builder, metrics, fail
+        self.producer = self._new_producer()
+
+    def _new_producer(self):
+        return make_producer(self.s)
+
+    def start(self) -> None:
+        """Before the first poll."""
+
+    def emit(self, batch: Batch) -> None:
+        """Hand every record of ``batch.outs`` to the producer, in order."""
+        raise NotImplementedError
+
+    def poll(self, timeout: float) -> None:
+        """Serve delivery reports (they run on the calling thread)."""
+        self.producer.poll(timeout)
+
+    def commit(self, consumer, parts: list[TopicPartition]) -> None:
+        """Commit these offsets of ``consumer``'s group: every record before them has been delivered."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """After a failure: make sure nothing not yet committed becomes committed."""
+
+    def close(self) -> None:
+        self.producer.flush(CLOSE_FLUSH_TIMEOUT_S)
+
+    # ---- producing, and replacing a record refused for itself alone ------------------------------
+    def _send(self, batch: Batch, out: Out) -> None:
+        batch.pending += 1
+        try:
+            produce(self.producer, out.topic, out.value, out.key, headers=out.headers,
+                    on_delivery=partial(self._delivered, batch, out))
+        except KafkaException as exc:  # refused before it left, e.g. larger than message.max.bytes
+            batch.pending -= 1
+            self._refused(batch, out, exc.args[0], reported=False)
+
+    def _delivered(self, batch: Batch, out: Out, err: KafkaError | None, msg: Message) -> None:
+        batch.pending -= 1  # delivery reports are served on the main thread (producer.poll/flush)
+        batch.delivered = time.perf_counter()
+        if err is not None:
+            self._refused(batch, out, err, reported=True)
+        else:
+            batch.acked.append(out)  # what the metrics count once the batch is committed
+
+    def _refused(self, batch: Batch, out: Out, err: KafkaError, reported: bool) -> None:
+        """A record was not delivered: replace it if it alone is at fault, else fail the pipeline."""
+        replacement = self.builder.replacement(out, err) if dead_letters.is_record_error(err) else None
+        if replacement is None:
+            self.fail(f"delivery to {out.topic} failed: {err}")
+            return
+        it = replacement.item
+        log.warning("record refused; sent to the DLQ instead", topic=out.topic, kind=out.kind,
+                    error=dead_letters.describe(err), source=f"{it.msg.topic()}[{it.msg.partition()}]@{it.msg.offset()}",
+                    kept_bytes=replacement.kept)
+        # guarantee: the batch is not complete (pending > 0) until the replacement is delivered too.
+        self._send(batch, replacement)
+
+
+class AtLeastOnce(Delivery):
+    def __init__(self, settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None]):
+        super().__init__(settings, builder, metrics, fail)
+        self.commit_interval_s = settings.commit_interval_ms / 1000
+
+    def emit(self, batch: Batch) -> None:
+        for out in batch.outs:
+            self._send(batch, out)
+        batch.emitted = time.perf_counter()
+
+    def commit(self, consumer, parts: list[TopicPartition]) -> None:
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                if parts:
+                    consumer.commit(offsets=parts, asynchronous=False)
+                    self.metrics.commits.inc()
+                return
+            except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
+                if exc.args[0].retriable() and attempt < COMMIT_ATTEMPTS - 1:  # e.g. the coordinator is loading
+                    continue
+                log.warning("commit failed; events will be redelivered", error=str(exc.args[0]))
+                return
+
+
+class Transactional(Delivery):
+    """Exactly-once. ``settle`` is called inside each batch's transaction once all its records are
+    delivered: the service then computes the offsets and calls ``commit``, which commits the transaction."""
+
+    def __init__(self, settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None],
+                 settle: Callable[[], None]):
+        super().__init__(settings, builder, metrics, fail)
+        self.settle = settle
+        self.txn_open = False
+
+    def _new_producer(self):
+        return make_producer(self.s, transactional=True)
+
+    def start(self) -> None:  # fences older epochs of this transactional.id and aborts their open transaction
+        self._txn(self.producer.init_transactions, INIT_TIMEOUT_S)
+
+    def emit(self, batch: Batch) -> None:
+        """The batch's records, then (in ``commit``) its offsets, in one transaction.
+
+        A record refused for itself alone in a delivery report dooms the transaction: it is aborted,
+        the producer replaced (librdkafka leaves the refused partition unusable in that epoch), and
+        the batch re-sent with that record replaced (each round replaces at least one, and
+        replacements only shrink, so this ends)."""
+        idle_rounds = 0  # rounds that failed only because an earlier failure purged their records
+        while True:
+            self._txn(self.producer.begin_transaction)
+            self.txn_open = True
+            batch.swaps, batch.txn_errors, batch.pending, batch.acked = {}, [], 0, []  # an aborted round delivered nothing
+            for out in batch.outs:
+                self._send(batch, out)
+            batch.emitted = time.perf_counter()
+            self.producer.flush()  # every delivery report of this transaction is in
+            if not batch.swaps and not batch.txn_errors and batch.pending == 0:
+                return self.settle()  # commits the transaction with the offsets
+            self._txn(self.producer.abort_transaction, ROUND_ABORT_TIMEOUT_S)  # guarantee: none of its records visible
+            self.txn_open = False
+            idle_rounds = 0 if batch.swaps else idle_rounds + 1
+            if not all(e.code() in _PURGED for e in batch.txn_errors) or idle_rounds > IDLE_ROUNDS:
+                raise PipelineFailed(f"transaction aborted: {'; '.join(map(str, batch.txn_errors[:3]))}")
+            batch.outs = [batch.swaps.get(id(o), o) for o in batch.outs]
+            # A new producer with the same transactional.id: a fresh epoch, every partition usable again.
+            self.producer = self._new_producer()
+            # guarantee: waits until the broker has finished the abort (its markers written; a topic
+            # limit under 78 bytes can never take one: CONCURRENT_TRANSACTIONS until we stop, docs/).
+            self._txn(self.producer.init_transactions, INIT_TIMEOUT_S)
+
+    def commit(self, consumer, parts: list[TopicPartition]) -> None:
+        if not self.txn_open:
+            return  # exactly-once: offsets are only ever committed inside a batch's transaction
+        if parts:  # guarantee: the offsets commit with the records, or neither does
+            self._txn(self.producer.send_offsets_to_transaction, parts, consumer.consumer_group_metadata())
+        self._txn(self.producer.commit_transaction)
+        self.txn_open = False
+        if parts:
+            self.metrics.commits.inc()
+
+    def abort(self) -> None:
+        if self.txn_open:  # after a failure: its records never become visible, its offsets never commit
+            try:
+                self.producer.abort_transaction(CLOSE_ABORT_TIMEOUT_S)
+            except KafkaException as exc:
+                log.warning("abort failed; the broker aborts it on timeout or at our restart", error=str(exc))
+
+    def _refused(self, batch: Batch, out: Out, err: KafkaError, reported: bool) -> None:
+        if not reported:  # refused before it left: replaced within this same transaction
+            return super()._refused(batch, out, err, reported)
+        # the transaction is doomed: replace in the next round (emit)
+        replacement = self.builder.replacement(out, err) if dead_letters.is_record_error(err) else None
+        log.warning("record refused in a transaction", topic=out.topic, kind=out.kind,
+                    error=dead_letters.describe(err), replaced=replacement is not None)
+        if replacement is None:
+            batch.txn_errors.append(err)
+        else:
+            batch.swaps[id(out)] = replacement
+
+    def _txn(self, call, *args) -> None:
+        """A transactional call; a fenced instance or an abortable failure stops without committing."""
+        for _ in range(TXN_ATTEMPTS):
+            try:
+                return call(*args)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.fatal() and not err.txn_requires_abort():
+                    continue
+                if err.fatal():  # e.g. fenced by a newer instance with the same transactional.id
+                    raise PipelineFailed(f"fatal transactional error (fenced?): {err}") from exc
+                raise PipelineFailed(f"transaction failed: {err}") from exc
+        raise PipelineFailed(f"transactional call kept failing: {call.__name__}")
+
+
+def make_delivery(settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None],
+                  settle: Callable[[], None]) -> Delivery:
+    """The one place the guarantee is chosen."""
+    if settings.processing_guarantee == "exactly_once":
+        return Transactional(settings, builder, metrics, fail, settle)
+    return AtLeastOnce(settings, builder, metrics, fail)

@@ -1,0 +1,394 @@
+"""Unit tests of the service's named parts (consumer/service/): no broker, fake clients where Kafka would be."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from datetime import datetime, timezone
+
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
+
+from consumer.config import Settings
+from consumer.kafka_io import produce
+from consumer.service.builders import RecordBuilder, arrival, decode
+from consumer.service.delivery import AtLeastOnce, PipelineFailed, Transactional, make_delivery
+from consumer.service.partitions import Partitions, flow_step
+from consumer.service.records import Batch, Out
+from consumer.service.worker import InferenceWorker, infer
+from models.categorizer import Decision
+from schemas import ProductEvent
+from schemas.wire import make_codec
+
+IN0, IN1 = ("in", 0), ("in", 1)
+CODEC = make_codec(None)
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class Msg:
+    """The parts of confluent_kafka.Message the service reads."""
+
+    def __init__(self, value, key=b"k", topic="in", partition=0, offset=0, ts=(TIMESTAMP_CREATE_TIME, 1_000)):
+        self._v, self._k, self._t, self._p, self._o, self._ts = value, key, topic, partition, offset, ts
+
+    def value(self): return self._v
+    def key(self): return self._k
+    def topic(self): return self._t
+    def partition(self): return self._p
+    def offset(self): return self._o
+    def timestamp(self): return self._ts
+    def error(self): return None
+
+
+def event(pid="p-1", **kw) -> ProductEvent:
+    return ProductEvent(**{"product_id": pid, "title": "Floral midi dress", "event_time": NOW, **kw})
+
+
+def event_msg(pid="p-1", **kw) -> Msg:
+    return Msg(CODEC.encode(event(pid).to_avro(), "product_event", "in"), key=pid.encode(), **kw)
+
+
+class Model:
+    model_version, taxonomy_version, image_size = "m1", "t1", (32, 32)
+    default_review_threshold = 0.5
+
+    def __init__(self, confidence=0.9, fail=False):
+        self.confidence, self.fail, self.calls = confidence, fail, []
+
+    def categorize(self, texts, images):
+        self.calls.append((list(texts), list(images)))
+        if self.fail:
+            raise ValueError("boom")
+        return [Decision("dresses", 0.1, (("tops", 0.5),), False, True, self.confidence) for _ in texts]
+
+
+def settings(**kw) -> Settings:
+    return Settings(**{"bootstrap_servers": "localhost:1", "output_topic": "out", "dlq_topic": "dlq", **kw})
+
+
+def scored_batch(items, model=None, seq=0) -> Batch:
+    model = model or Model()
+    batch = Batch(seq, items, time.perf_counter(), model=model)
+    images: Future = Future()
+    images.set_result(([(None, "no_url") for _ in batch.good], 0.0))
+    batch.images = images
+    infer(batch)
+    return batch
+
+
+# ---- records ------------------------------------------------------------------------------------
+def test_batch_offsets_good_items_drop_and_summary():
+    good, poison = decode(CODEC, event_msg(offset=4)), decode(CODEC, Msg(b"\x00junk", offset=7))
+    other = decode(CODEC, event_msg("p-2", partition=1, offset=2))
+    batch = scored_batch([good, poison, other])
+    assert batch.next_offsets() == {IN0: 8, IN1: 3}
+    assert batch.good == [good, other] and poison.error is not None
+    batch.drop(frozenset({IN1}))
+    assert other.dropped and not good.dropped
+    batch.emitted = time.perf_counter()
+    Batch(1, [decode(CODEC, event_msg(offset=9))], 0.0, emitted=1.0).drop(frozenset({IN0}))  # emitted: kept
+    s = batch.summary(time.perf_counter(), completed=3, elapsed=1.0)
+    assert (s["events"], s["dlq"], s["images_ok"], s["images_failed"], s["overall_eps"]) == (2, 1, 0, 0, 3.0)
+
+
+def test_an_emitted_batch_keeps_its_items_when_the_partition_is_lost():
+    batch = Batch(0, [decode(CODEC, event_msg())], 0.0, emitted=1.0)
+    batch.drop(frozenset({IN0}))
+    assert not batch.items[0].dropped
+
+
+# ---- builders -----------------------------------------------------------------------------------
+def test_decode_keeps_poison_with_its_reason_and_arrival_falls_back_to_now():
+    item = decode(CODEC, Msg(b"not avro"))
+    assert item.event is None and item.error.code and item.decode_s >= 0
+    assert decode(CODEC, event_msg()).event == event()
+    assert arrival(Msg(b"", ts=(TIMESTAMP_CREATE_TIME, 2_500))) == 2.5
+    assert abs(arrival(Msg(b"", ts=(TIMESTAMP_NOT_AVAILABLE, 0))) - time.time()) < 5
+
+
+def test_records_a_result_per_event_a_review_under_the_threshold_and_a_dead_letter_per_poison():
+    builder = RecordBuilder.from_settings(settings(review_topic="review"), CODEC, Model())
+    assert builder.review_threshold == 0.5  # the model's default when the setting is unset
+    batch = scored_batch([decode(CODEC, event_msg()), decode(CODEC, Msg(b"junk", offset=1))], Model(confidence=0.2))
+    outs = builder.records(batch)
+    assert [(o.kind, o.topic) for o in outs] == [("result", "out"), ("review", "review"), ("dlq", "dlq")]
+    result = CODEC.decode(outs[0].value, "category_assigned", "out")
+    assert result["category"] == "dresses" and result["needs_review"] and result["source_offset"] == 0
+    headers = dict(outs[2].headers)
+    assert headers["source_offset"] == b"1" and outs[2].value == b"junk" and outs[2].code == headers["error"].decode()
+    confident = builder.records(scored_batch([decode(CODEC, event_msg())], Model(confidence=0.9)))
+    assert [o.kind for o in confident] == ["result"]
+    dropped = scored_batch([decode(CODEC, event_msg())])
+    dropped.items[0].dropped = True
+    assert builder.records(dropped) == []
+
+
+def test_replacements_dead_letter_a_refused_result_then_cut_a_refused_dead_letter_then_give_up():
+    builder = RecordBuilder(CODEC, "out", "dlq", dlq_budget=100)
+    item = decode(CODEC, Msg(b"x" * 1000))
+    too_big = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    refused = builder.replacement(Out(item, "result", "out", b"k", b"v"), too_big)
+    assert refused.kind == "dlq" and refused.code == "result_undeliverable" and refused.kept is None
+    cuts = []
+    while refused is not None:
+        cuts.append(refused.kept)
+        refused = builder.replacement(refused, too_big)
+    assert cuts == [None, 100, 25, 6, 1, 0]
+    invalid = KafkaError(KafkaError.INVALID_RECORD)
+    headers_only = builder.replacement(builder.dead_letter(item, "bad", "why"), invalid)
+    assert headers_only.kept == 0 and headers_only.value == b"" and builder.replacement(headers_only, invalid) is None
+
+
+# ---- delivery -----------------------------------------------------------------------------------
+class Producer:
+    """A fake producer: records what is produced; ``refuse`` maps a topic to the error its reports carry
+    (or, with ``before=True``, that produce() raises); ``full`` BufferErrors come first."""
+
+    def __init__(self, refuse=None, before=False, full=0):
+        self.sent, self.calls, self.pending, self.refuse, self.before, self.full = [], [], [], refuse or {}, before, full
+
+    def produce(self, topic, value, key=None, headers=None, on_delivery=None):
+        if self.full:
+            self.full -= 1
+            raise BufferError()
+        err = self.refuse.get(topic)
+        if err is not None and self.before:
+            raise KafkaException(err)
+        self.sent.append((topic, value))
+        self.pending.append((on_delivery, err))
+
+    def poll(self, timeout=0):
+        self.calls.append(("poll", timeout))
+        while self.pending:
+            cb, err = self.pending.pop(0)
+            cb(err, None)
+
+    def flush(self, timeout=None):
+        self.poll()
+        return 0
+
+    def __getattr__(self, name):  # transactional calls are recorded
+        return lambda *a: self.calls.append((name, *a))
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+
+
+class Metrics:
+    def __init__(self):
+        self.commits = Counter()
+
+
+def delivery(cls, producer, **kw):
+    failures, settled = [], []
+    d = (cls(settings(), RecordBuilder(CODEC, "out", "dlq"), Metrics(), failures.append, lambda: settled.append(1))
+         if cls is Transactional else cls(settings(), RecordBuilder(CODEC, "out", "dlq"), Metrics(), failures.append))
+    d.producer = producer
+    return d, failures, settled
+
+
+def one_result_batch() -> Batch:
+    batch = scored_batch([decode(CODEC, event_msg())])
+    batch.outs = RecordBuilder(CODEC, "out", "dlq").records(batch)
+    return batch
+
+
+def test_make_delivery_chooses_by_the_guarantee_and_only_at_least_once_coalesces_commits():
+    alo = make_delivery(settings(commit_interval_ms=250), RecordBuilder(CODEC, "out", "dlq"), Metrics(), print, print)
+    eos = make_delivery(settings(processing_guarantee="exactly_once"), RecordBuilder(CODEC, "out", "dlq"), Metrics(),
+                        print, print)
+    assert type(alo) is AtLeastOnce and alo.commit_interval_s == 0.25
+    assert type(eos) is Transactional and eos.commit_interval_s == 0.0
+
+
+def test_produce_serves_reports_while_the_local_queue_is_full():
+    p = Producer(full=2)
+    produce(p, "out", b"v", b"k", on_delivery=lambda err, msg: None)
+    assert p.sent == [("out", b"v")] and p.calls[:2] == [("poll", 0.1), ("poll", 0.1)]
+
+
+def test_at_least_once_delivers_in_order_and_counts_the_batch_complete_after_the_reports():
+    d, failures, _ = delivery(AtLeastOnce, Producer())
+    batch = one_result_batch()
+    d.emit(batch)
+    assert batch.emitted and batch.pending == 1
+    d.poll(0)
+    assert batch.pending == 0 and [o.kind for o in batch.acked] == ["result"] and not failures
+
+
+def test_at_least_once_dead_letters_a_refused_result_and_fails_on_a_pipeline_error():
+    d, failures, _ = delivery(AtLeastOnce, Producer(refuse={"out": KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)}))
+    batch = one_result_batch()
+    d.emit(batch)
+    d.poll(0)
+    assert [o.kind for o in batch.acked] == ["dlq"] and batch.pending == 0 and not failures
+    d, failures, _ = delivery(AtLeastOnce, Producer(refuse={"out": KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)},
+                                                    before=True))
+    d.emit(batch := one_result_batch())
+    assert failures and "delivery to out failed" in failures[0] and batch.pending == 0
+
+
+class Committer:
+    def __init__(self, errors=()):
+        self.errors, self.commits = list(errors), []
+
+    def commit(self, offsets, asynchronous):
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+        self.commits.append(offsets)
+
+    def consumer_group_metadata(self):
+        return "group-metadata"
+
+
+def test_at_least_once_commit_retries_retriable_errors_and_gives_up_on_others():
+    d, _, _ = delivery(AtLeastOnce, Producer())
+    c = Committer([KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, retriable=True)])
+    d.commit(c, ["offsets"])
+    assert c.commits == [["offsets"]] and d.metrics.commits.n == 1
+    c = Committer([KafkaError(KafkaError.UNKNOWN_MEMBER_ID)])
+    d.commit(c, ["offsets"])  # redelivery, not loss: logged, not raised
+    assert c.commits == [] and d.metrics.commits.n == 1
+    d.commit(c, [])
+    assert d.metrics.commits.n == 1
+
+
+def test_transactional_settles_inside_the_transaction_and_commits_offsets_with_it():
+    p = Producer()
+    d, failures, settled = delivery(Transactional, p)
+    d.start()
+    d.emit(one_result_batch())
+    assert settled == [1] and d.txn_open  # the service computes the offsets, then calls commit
+    d.commit(Committer(), ["offsets"])
+    names = [c[0] for c in p.calls if c[0] != "poll"]
+    assert names == ["init_transactions", "begin_transaction", "send_offsets_to_transaction", "commit_transaction"]
+    assert not d.txn_open and d.metrics.commits.n == 1
+    d.commit(Committer(), ["offsets"])  # outside a transaction: nothing
+    assert d.metrics.commits.n == 1
+
+
+def test_transactional_aborts_a_round_with_a_refused_record_and_resends_it_replaced():
+    first = Producer(refuse={"out": KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)})
+    second = Producer()
+    d, failures, settled = delivery(Transactional, first)
+    d._new_producer = lambda: second
+    batch = one_result_batch()
+    d.emit(batch)
+    assert ("abort_transaction", 30) in first.calls and ("init_transactions", 60) in second.calls
+    assert [o.kind for o in batch.outs] == ["dlq"] and second.sent[0][0] == "dlq" and settled == [1]
+
+
+def test_transactional_fails_when_a_round_has_a_pipeline_error_and_aborts_an_open_transaction_at_close():
+    p = Producer(refuse={"out": KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)})
+    d, _, settled = delivery(Transactional, p)
+    with pytest.raises(PipelineFailed, match="transaction aborted"):
+        d.emit(one_result_batch())
+    assert not settled and not d.txn_open
+    d.txn_open = True
+    d.abort()
+    assert p.calls[-1] == ("abort_transaction", 10)
+
+
+def test_transactional_calls_retry_retriable_errors_and_stop_on_fatal_ones():
+    d, _, _ = delivery(Transactional, Producer())
+    errors = [KafkaError(KafkaError._TIMED_OUT, retriable=True)]
+
+    def flaky():
+        if errors:
+            raise KafkaException(errors.pop())
+        return "ok"
+
+    assert d._txn(flaky) == "ok"
+
+    def fenced():
+        raise KafkaException(KafkaError(KafkaError._FENCED, fatal=True))
+
+    with pytest.raises(PipelineFailed, match="fenced"):
+        d._txn(fenced)
+
+
+# ---- the inference worker ---------------------------------------------------------------------
+def test_infer_scores_the_good_events_and_records_a_failure_on_the_batch():
+    batch = scored_batch([decode(CODEC, event_msg()), decode(CODEC, Msg(b"junk"))])
+    assert len(batch.decisions) == 1 and batch.error is None and batch.model.calls[0][0] == ["Floral midi dress"]
+    failed = scored_batch([decode(CODEC, event_msg())], Model(fail=True))
+    assert failed.error == "inference failed: ValueError: boom"
+
+
+def test_the_worker_scores_batches_in_order_and_marks_them_inferred():
+    beats = []
+
+    class Beats:
+        def inference(self, busy):
+            beats.append(busy)
+
+    worker = InferenceWorker(2, Beats())
+    worker.start()
+    batches = [scored_batch([decode(CODEC, event_msg(offset=i))], seq=i) for i in range(2)]
+    for b in batches:
+        b.decisions = None
+        assert worker.submit(b, 1.0)
+    deadline, done = time.monotonic() + 10, []
+    while len(done) < 2 and time.monotonic() < deadline:
+        done += worker.finished()
+        time.sleep(0.01)
+    assert [b.seq for b in done] == [0, 1] and all(b.inferred and b.decisions for b in done)
+    worker.stop()
+    worker.thread.join(5)
+    assert not worker.thread.is_alive() and beats[:2] == [True, False]
+
+
+def test_a_full_worker_queue_refuses_after_the_timeout():
+    worker = InferenceWorker(1, None)  # not started: nothing takes from the queue
+    assert worker.submit(Batch(0, [], 0.0), 0.01) and worker.full()
+    assert not worker.submit(Batch(1, [], 0.0), 0.01)
+    assert not worker.idle()
+
+
+# ---- partition state --------------------------------------------------------------------------
+def test_partition_state_changes_return_new_immutable_sets():
+    empty = Partitions()
+    a = empty.assign([IN0, IN1])
+    assert empty.assigned == frozenset() and a.assigned == {IN0, IN1} and a.changed
+    r = a.unpaused().revoke([IN1])
+    assert r.assigned == {IN0} and r.revoked == {IN1} and r.changed
+    lost = r.lose([IN0])
+    assert lost.assigned == frozenset() and lost.lost == {IN0}
+    back = lost.assign([IN0, IN1])
+    assert back.lost == frozenset() and back.revoked == frozenset()
+    assert isinstance(back.assigned, frozenset)
+    with pytest.raises(AttributeError):
+        back.assigned = frozenset()  # frozen
+
+
+class PausingConsumer:
+    def __init__(self):
+        self.calls = []
+
+    def pause(self, tps):
+        self.calls.append(("pause", sorted((t.topic, t.partition) for t in tps)))
+
+    def resume(self, tps):
+        self.calls.append(("resume", sorted((t.topic, t.partition) for t in tps)))
+
+
+def test_flow_step_resumes_a_new_assignment_then_pauses_and_resumes_per_partition():
+    c = PausingConsumer()
+    state, newly = flow_step(c, Partitions().assign([IN0, IN1]), {IN0: 16}, 16)
+    assert c.calls == [("resume", [IN0, IN1]), ("pause", [IN0])] and newly == 1
+    assert state.paused == {IN0} and not state.changed
+    state, newly = flow_step(c, state, {IN0: 8}, 16)  # resumed at half
+    assert c.calls[-1] == ("resume", [IN0]) and state.paused == frozenset() and newly == 0
+
+
+def test_service_module_is_a_short_orchestrator():
+    from pathlib import Path
+
+    import consumer.service.service as service
+
+    assert len(Path(service.__file__).read_text().splitlines()) <= 200
+    assert "processing_guarantee" not in Path(service.__file__).read_text()  # the delivery strategy chooses
