@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
     if args.command == "taxonomy":
         from consumer.taxonomy_apply import apply_taxonomy
-        from models.taxonomy import TaxonomyError
+        from models.taxonomy_document import TaxonomyError
 
         try:
             print(json.dumps(apply_taxonomy(settings, args.file, dry_run=args.dry_run)))

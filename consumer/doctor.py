@@ -156,7 +156,7 @@ def check_artifact(settings) -> list[Check]:
     try:
         directory = settings.resolved_artifact_dir()
         from models.artifact import load_categorizer
-        from models.taxonomy import load_taxonomy
+        from models.taxonomy_document import load_taxonomy
 
         cat = load_categorizer(directory, image_weight=settings.image_weight,
                                abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category)

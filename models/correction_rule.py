@@ -1,0 +1,113 @@
+"""The online correction rule: people's corrections blended into the projections (pure, no I/O).
+
+`corrected_projections` is what every running instance computes from the corrections topic
+(`consumer.corrections`); `projection_version` stamps the result so instances that have read the
+same corrections agree; `reviewer_weights` bounds one reviewer's pull.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from models import kl
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One person's decision: product ``product_id`` belongs to ``category``; ``p`` is its predicted
+    distribution over the source labels (what the model saw when it chose)."""
+
+    product_id: str
+    category: str
+    p: np.ndarray  # [S], sums to one
+    reviewer: str | None = None
+    stamp: str = ""  # e.g. the correction time; only feeds `projection_version`
+
+
+def reviewer_weights(reviewers: Sequence[str | None], cap: float) -> np.ndarray:
+    """Weight per correction: 1, except that all corrections of one reviewer share at most ``cap``.
+
+    A reviewer with n > cap corrections gives each min(1, cap / n): the reviewer's own mean is kept,
+    its pull is bounded, and the result does not depend on the order corrections arrived in (so every
+    instance reading the same compacted topic agrees). Corrections without a reviewer count as one
+    reviewer, ``None``.
+    """
+    counts: dict[str | None, int] = {}
+    for r in reviewers:
+        counts[r] = counts.get(r, 0) + 1
+    return np.array([min(1.0, cap / counts[r]) for r in reviewers], dtype=np.float64)
+
+
+def tempered(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of ``p`` raised to the power ``temperature`` and renormalized: < 1 flattens (a corrected
+    product's runner-up source classes count more), 1 leaves them as they are. Still distributions."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    if temperature == 1.0:
+        return kl.normalize_rows(p)
+    return kl.normalize_rows(np.where(p > 0, p, 0.0) ** temperature)
+
+
+def corrected_projections(
+    prior: np.ndarray,
+    targets: Sequence[str],
+    corrections: Sequence[Correction],
+    prior_strength: float = 10.0,
+    reviewer_cap: float = 20.0,
+    carried_from: dict[str, Sequence[str]] | None = None,
+    temperature: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Projections after corrections, and the corrections' total weight per target ([T, S], [T]).
+
+    LEEP-style running estimate of P(source | target) from corrected products, blended with the
+    taxonomy's prior q_t (which stands for ``prior_strength`` corrections):
+
+        q_t = (k * prior_t + sum_i w_i p~_i) / (k + sum_i w_i)      over corrections i of target t
+
+    with w_i from `reviewer_weights` and p~_i = `tempered` (p_i, ``temperature``): each corrected
+    product's distribution raised to the power tau and renormalized before it is averaged (tau < 1
+    flattens the model's over-sharp answers on products it never saw; tau = 1 is the plain mean).
+    Rows stay strictly positive because the prior is. Bound on abuse: every p~_i is a distribution
+    and one reviewer's corrections weigh at most ``reviewer_cap`` in total, so they move any q_t at
+    most cap / (k + cap) of the way (total variation) towards that reviewer's own (tempered) mean,
+    less as other reviewers' corrections accumulate, whatever the temperature. A correction counts for target t when it names t or a
+    name in ``carried_from[t]`` (renames and merges); any other name is ignored here (the reader sends
+    those to the DLQ).
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    owner: dict[str, int] = {}
+    for t, name in enumerate(targets):
+        for alias in (carried_from or {}).get(name, ()):
+            owner.setdefault(alias, t)
+        owner[name] = t  # a current name always wins over an alias
+    num = np.zeros_like(prior)
+    mass = np.zeros(len(targets))
+    # Summed in one fixed order (product, then the rest of the key): float sums then do not depend on the order the
+    # corrections were read in, so every instance computes bit-identical projections from the same corrections.
+    kept = sorted((c for c in corrections if c.category in owner),
+                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
+    if kept:
+        w = reviewer_weights([c.reviewer for c in kept], reviewer_cap)
+        for c, wi in zip(kept, w):
+            t = owner[c.category]
+            num[t] += wi * tempered(np.asarray(c.p, dtype=np.float64)[None, :], temperature)[0]
+            mass[t] += wi
+    q = (prior_strength * prior + num) / (prior_strength + mass)[:, None]
+    return kl.normalize_rows(q), mass
+
+
+def projection_version(base_version: str, corrections: Sequence[Correction], targets: Sequence[str],
+                       carried_from: dict[str, Sequence[str]] | None = None) -> str:
+    """``<base>`` without applicable corrections, else ``<base>+c<count>.<digest>``.
+
+    The digest covers the sorted (product, category, reviewer, stamp) of the corrections that count,
+    so every instance that has read the same corrections stamps the same version, whatever the order.
+    """
+    names = set(targets) | {a for v in (carried_from or {}).values() for a in v}
+    kept = sorted((c.product_id, c.category, c.reviewer or "", c.stamp) for c in corrections if c.category in names)
+    if not kept:
+        return base_version
+    digest = hashlib.sha256(repr(kept).encode()).hexdigest()[:8]
+    return f"{base_version}+c{len(kept)}.{digest}"
