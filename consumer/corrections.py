@@ -8,9 +8,9 @@ instance, and every restart, rebuilds the same state from the same log:
 * the latest taxonomy published for this model (or the artifact's own, when none), and
 * the latest correction of every product.
 
-The projections are a pure function of that state (`models.taxonomy.corrected_projections`; the
+The projections are a pure function of that state (`models.correction_rule.corrected_projections`; the
 order in which the two topics interleave does not matter), so all instances converge to the same
-q_t and stamp the same ``taxonomy_version`` (`models.taxonomy.projection_version`). After each poll
+q_t and stamp the same ``taxonomy_version`` (`models.correction_rule.projection_version`). After each poll
 the thread swaps them into the categorizer with one reference assignment; the inference thread reads
 them once per batch, so a batch never mixes two versions.
 
@@ -19,13 +19,12 @@ renamed/merged one), or carrying no usable distribution and no text, goes to the
 ``error``: ``unknown_category``, ``no_distribution``, ``undecodable``). Only records that arrive
 while the instance runs are sent there (offset >= the end offset seen at start), so a restart does not
 re-send old ones; with N instances running, each sends its own copy. Each reviewer's total weight is
-capped (see `models.taxonomy.reviewer_weights`).
+capped (see `models.correction_rule.reviewer_weights`).
 """
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,9 +32,9 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_consumer, make_producer
+from consumer.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
-from models.taxonomy import Correction, corrected_projections, projection_version
+from models.correction_rule import Correction, corrected_projections, projection_version
 from schemas import CategoryCorrected, TaxonomyPublished
 from schemas.wire import WireFormatError, make_codec
 
@@ -110,8 +109,7 @@ class ProjectionUpdater(threading.Thread):
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.topics = [t for t in (settings.taxonomy_topic, settings.corrections_topic) if t]
         # Its own throwaway group and no commits: every instance reads everything, every time.
-        self.consumer = make_consumer(settings, {"group.id": f"{settings.group_id}.projections.{uuid.uuid4().hex[:8]}",
-                                                 "enable.partition.eof": True})
+        self.consumer = make_reader(settings, "projections")
         self.producer = make_producer(settings)
         self.caught_up = threading.Event()
         self.stopping = threading.Event()
@@ -226,7 +224,7 @@ class ProjectionUpdater(threading.Thread):
     def _reject(self, msg, live: bool, code: str, reason: str) -> bool:
         log.warning("correction rejected", code=code, reason=reason[:200], offset=msg.offset(), live=live)
         if live and self.s.dlq_topic:
-            self.producer.produce(self.s.dlq_topic, msg.value(), msg.key(), headers=[
+            produce(self.producer, self.s.dlq_topic, msg.value(), msg.key(), headers=[
                 ("error", code.encode()), ("error_reason", reason[:500].encode()),
                 ("source_topic", msg.topic().encode()), ("source_partition", str(msg.partition()).encode()),
                 ("source_offset", str(msg.offset()).encode())], on_delivery=partial(self._delivered, code))

@@ -6,13 +6,12 @@ so a busy source topic cannot make it run forever.
 """
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from confluent_kafka import OFFSET_END, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_consumer, make_producer
+from consumer.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
 from consumer.progress import progress
 
@@ -36,9 +35,7 @@ def replay(settings: Settings, source_topic: str, since: datetime, until: dateti
            show_progress: bool = False) -> int:
     """Copy records with since <= timestamp < until (or up to the end at start); returns how many."""
     # A throwaway group that never commits: replay must not move the service's own offsets.
-    # partition EOF also ends a partition whose last offsets are transaction markers (never delivered).
-    consumer = make_consumer(settings, {"group.id": f"{settings.group_id}.replay.{uuid.uuid4().hex[:8]}",
-                                        "enable.partition.eof": True})
+    consumer = make_reader(settings, "replay")
     producer = make_producer(settings)
     failures: list[str] = []
     try:
@@ -64,13 +61,8 @@ def replay(settings: Settings, source_topic: str, since: datetime, until: dateti
                 if p not in todo or msg.offset() >= todo[p]:
                     continue
                 headers = [*(msg.headers() or []), ("replayed_from", f"{source_topic}:{p}:{msg.offset()}".encode())]
-                while True:
-                    try:
-                        producer.produce(to_topic, msg.value(), msg.key(), headers=headers,
-                                         on_delivery=lambda err, m: err and failures.append(str(err)))
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
+                produce(producer, to_topic, msg.value(), msg.key(), headers=headers,
+                        on_delivery=lambda err, m: err and failures.append(str(err)))
                 producer.poll(0)
                 copied += 1
                 bar.update(1)

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from consumer.config import Settings
-from consumer.kafka_io import make_producer
+from consumer.kafka_io import make_producer, produce
 from consumer.logs import get_logger
 from consumer.progress import progress
 from models.paths import DEFAULT_CATALOGUE_DIR
@@ -149,8 +149,8 @@ def publish(settings: Settings, events: list[ProductEvent], topic: str | None = 
 
     with delivered:
         for ev in events:
-            producer.produce(topic, codec.encode(ev.to_avro(), "product_event", topic), ev.product_id.encode(),
-                             on_delivery=on_delivery)
+            produce(producer, topic, codec.encode(ev.to_avro(), "product_event", topic), ev.product_id.encode(),
+                    on_delivery=on_delivery)
             producer.poll(0)
         if producer.flush(30) or failures:
             raise RuntimeError(f"sample delivery failed: {failures[:3] or 'flush timed out'}")

@@ -6,18 +6,16 @@ changes nothing for the service's consumer group.
 from __future__ import annotations
 
 import time
-import uuid
 
 from consumer.config import Settings
-from consumer.kafka_io import make_consumer
+from consumer.kafka_io import make_reader
 from schemas.wire import WireFormatError, make_codec
 
 
 def read_results(settings: Settings, count: int, timeout_s: float = 120.0) -> list[tuple[dict, dict | None]]:
     """(result, its input event or None) pairs, up to ``count`` distinct products."""
     codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
-    consumer = make_consumer(settings, {"group.id": f"shelver-show-{uuid.uuid4().hex[:8]}",
-                                        "auto.offset.reset": "earliest"})
+    consumer = make_reader(settings, "show", {"auto.offset.reset": "earliest", "enable.partition.eof": False})
     consumer.subscribe([settings.input_topic, settings.output_topic])
     events: dict[str, dict] = {}
     results: dict[str, dict] = {}

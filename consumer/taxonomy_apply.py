@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_consumer, make_producer
-from models.taxonomy import changed_projections, load_taxonomy, parse_taxonomy, plan_change
+from consumer.kafka_io import make_producer, make_reader, produce
+from models.projections import changed_projections
+from models.taxonomy_document import load_taxonomy, parse_taxonomy, plan_change
 from schemas import TaxonomyPublished
 from schemas.wire import make_codec
 
@@ -31,8 +31,7 @@ def latest_published(settings: Settings, model_version: str, timeout_s: float = 
     if not settings.taxonomy_topic:
         return None
     codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
-    consumer = make_consumer(settings, {"group.id": f"{settings.group_id}.taxonomy.{uuid.uuid4().hex[:8]}",
-                                        "enable.partition.eof": True})
+    consumer = make_reader(settings, "taxonomy")
     try:
         meta = consumer.list_topics(settings.taxonomy_topic, timeout=10).topics[settings.taxonomy_topic]
         if meta.error is not None:
@@ -65,7 +64,7 @@ def latest_published(settings: Settings, model_version: str, timeout_s: float = 
 
 
 def apply_taxonomy(settings: Settings, path: str | Path, dry_run: bool = False) -> dict:
-    """Validate and publish; returns a summary. Raises `models.taxonomy.TaxonomyError` on a bad file."""
+    """Validate and publish; returns a summary. Raises `models.taxonomy_document.TaxonomyError` on a bad file."""
     from models.text_model import load_text_model  # TensorFlow, only once the file is known to parse
 
     started = time.perf_counter()
@@ -99,8 +98,8 @@ def apply_taxonomy(settings: Settings, path: str | Path, dry_run: bool = False) 
         codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         producer = make_producer(settings)
         failures: list[str] = []
-        producer.produce(settings.taxonomy_topic, codec.encode(rec.to_avro(), "taxonomy_published", settings.taxonomy_topic),
-                         manifest["version"].encode(), on_delivery=lambda err, m: err and failures.append(str(err)))
+        produce(producer, settings.taxonomy_topic, codec.encode(rec.to_avro(), "taxonomy_published", settings.taxonomy_topic),
+                manifest["version"].encode(), on_delivery=lambda err, m: err and failures.append(str(err)))
         # Only a delivered record counts as applied: flush and check the report.
         if producer.flush(30) or failures:
             raise RuntimeError(f"publishing the taxonomy failed: {failures[:1] or 'flush timed out'}")
