@@ -12,22 +12,23 @@ environment variables are *not* errors (scripts and tests use the prefix for the
 see `NON_SETTING_ENV`); `unknown_env_vars` lists them so the CLI can warn, with a close match.
 
 Secrets (credentials in ``kafka_options``/``schema_registry_options``, user info in URLs) are
-masked by `Settings.redacted`, and `Settings.secret_values` feeds the log scrubber
-(`consumer.logs`), so no log line or error message carries them.
+masked by `Settings.redacted` (the rules: `consumer.secrets`), and `Settings.secret_values` feeds
+the log scrubber (`consumer.logs`), so no log line or error message carries them.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 from pydantic_settings.exceptions import SettingsError
+
+from consumer.secrets import is_secret_key, mask_options, mask_url, userinfo_secrets
 
 # Paths are defined once, in models.paths (ops-pack); re-exported here for existing callers.
 from models.paths import ARTIFACTS_DIR as DEFAULT_ARTIFACTS
@@ -38,14 +39,6 @@ ENV_PREFIX = "SHELVER_"
 NON_SETTING_ENV = ("SHELVER_CONFIG_FILE", "SHELVER_DATA_DIR", "SHELVER_MARKETPLACE_DIR")
 NON_SETTING_ENV_PREFIXES = ("SHELVER_DEMO_", "SHELVER_TEST_", "SHELVER_BENCH_")
 
-# Option names (librdkafka, Schema Registry client) whose values are credentials. Matched as substrings.
-_SECRET_KEYS = (
-    "password", "secret", "token", "user.info", "userinfo", "credential", "key.pem", "private",
-    "keystore", "sasl.oauthbearer.config", "sasl.jaas.config", "api.key",
-)
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>[^/@\s,]+)@")
-MASK = "***"
-
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # librdkafka's accepted values (it treats smallest/beginning as earliest and largest/end as latest).
 OffsetReset = Literal["earliest", "latest", "error", "smallest", "largest", "beginning", "end"]
@@ -53,25 +46,6 @@ OffsetReset = Literal["earliest", "latest", "error", "smallest", "largest", "beg
 
 class ConfigError(ValueError):
     """Bad configuration; ``str()`` is one line fit for stderr (no secret in it)."""
-
-
-def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return any(s in k for s in _SECRET_KEYS)
-
-
-def mask_url(text: str | None) -> str | None:
-    """``scheme://user:pass@host`` → ``scheme://***@host`` for every address in ``text`` (comma lists too)."""
-    if not text:
-        return text
-    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{MASK}@", text)
-
-
-def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Secret-named options masked; URLs in the others lose their user info."""
-    return {
-        k: MASK if is_secret_key(k) else (mask_url(v) if isinstance(v, str) else v) for k, v in options.items()
-    }
 
 
 def _config_file() -> Path | None:
@@ -101,23 +75,36 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """Reads the optional config file (YAML or JSON) named by SHELVER_CONFIG_FILE; unknown keys are errors."""
+def _checked_file(path: Path) -> dict[str, Any]:
+    """The config file's settings, read strictly: one-line errors, and unknown keys are errors."""
+    data = _read_config_file(path)
+    known = set(Settings.model_fields)
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) " + ", ".join(
+            _with_suggestion(str(k), known) for k in unknown))
+    return data
 
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused by pydantic here
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        path = _config_file()
-        if path is None:
-            return {}
-        data = _read_config_file(path)
-        known = set(self.settings_cls.model_fields)
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown setting(s) " + ", ".join(
-                _with_suggestion(str(k), known) for k in unknown))
-        return data
+class _YamlFile(YamlConfigSettingsSource):
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        return _checked_file(file_path)
+
+
+class _JsonFile(JsonConfigSettingsSource):
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        return _checked_file(file_path)
+
+
+def _file_sources(settings_cls) -> tuple:
+    """pydantic-settings' own YAML or JSON source for the file named by SHELVER_CONFIG_FILE (none: no file).
+    Unlike theirs, a named file that is missing is an error, not an empty source."""
+    path = _config_file()
+    if path is None:
+        return ()
+    if not path.is_file():
+        _read_config_file(path)  # raises the one-line error (cannot read it)
+    return (_JsonFile(settings_cls, json_file=path) if path.suffix == ".json" else _YamlFile(settings_cls, yaml_file=path),)
 
 
 def _with_suggestion(name: str, known: set[str]) -> str:
@@ -130,80 +117,117 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     # Kafka
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
-    group_id: str = Field("shelver", min_length=1)
-    input_topic: str = Field("products.new", min_length=1)
-    replay_topic: str | None = "products.replay"  # empty or null: no replay subscription
-    output_topic: str = Field("products.categorized", min_length=1)
-    dlq_topic: str = Field("products.dlq", min_length=1)
-    auto_offset_reset: OffsetReset = "earliest"
-    max_poll_interval_ms: int = Field(300_000, ge=1)
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers")
+    group_id: str = Field("shelver", min_length=1,
+                          description="consumer group (run more instances with the same id to scale out)")
+    input_topic: str = Field("products.new", min_length=1, description="the new-product events (`ProductEvent`)")
+    replay_topic: str | None = Field("products.replay", description="events copied by `shelver replay`, "
+                                     "consumed like the input (empty: no replay subscription)")
+    output_topic: str = Field("products.categorized", min_length=1,
+                              description="the results (`CategoryAssigned`, key = product id)")
+    dlq_topic: str = Field("products.dlq", min_length=1,
+                           description="dead letters: the original bytes and key with error headers")
+    auto_offset_reset: OffsetReset = Field("earliest", description="where a new group starts (librdkafka's "
+                                           "values: `earliest`, `latest`, `error`, or their aliases)")
+    max_poll_interval_ms: int = Field(300_000, ge=1, description="librdkafka `max.poll.interval.ms`")
     kafka_options: dict[str, str] = Field(
-        default_factory=dict, description="librdkafka options passed through unchanged (security.protocol, sasl.*, ssl.*)"
+        default_factory=dict, description="librdkafka options passed through unchanged (security.protocol, sasl.*, "
+        "ssl.*); they override the consumer's fetch defaults (`fetch.wait.max.ms` 50, `fetch.min.bytes` 65536) "
+        "but not the options the delivery guarantees depend on"
     )
 
     # Delivery guarantee and group membership (hard-service): exactly_once = a transactional producer
     # committing each batch's records and offsets together; group_instance_id = static membership
     # (librdkafka group.instance.id; empty = dynamic), e.g. the Kubernetes pod name.
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    group_instance_id: str = ""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="`exactly_once`: results, dead letters and offsets of each batch in one "
+        "Kafka transaction (docs/delivery-guarantees.md)")
+    group_instance_id: str = Field("", description="librdkafka `group.instance.id`: static membership, a restart "
+                                   "within `session.timeout.ms` causes no rebalance; in Kubernetes the pod name "
+                                   "(empty: dynamic membership)")
     # At-least-once: delivered offsets are committed at most this often, in one commit (0: after every
     # batch); a crash redelivers at most about this long of events. Exactly-once commits with each
     # batch's transaction, whatever this says.
-    commit_interval_ms: int = Field(1000, ge=0)
+    commit_interval_ms: int = Field(1000, ge=0, description="at-least-once: delivered offsets are committed at "
+                                    "most this often, in one commit (0: after every batch); everything delivered "
+                                    "is committed before partitions are given up and at shutdown. Exactly-once "
+                                    "commits with each batch's transaction")
 
     # Wire format: Confluent Schema Registry framing when set, Avro single-object encoding otherwise.
-    schema_registry_url: str | None = None
-    schema_registry_options: dict[str, str] = Field(default_factory=dict)
+    schema_registry_url: str | None = Field(None, description="Confluent Schema Registry framing when set; Avro "
+                                            "single-object encoding otherwise")
+    schema_registry_options: dict[str, str] = Field(default_factory=dict,
+                                                    description="Schema Registry client options (auth, TLS)")
 
     # Micro-batching
-    max_batch_size: int = Field(32, ge=1)
-    max_batch_wait_ms: int = Field(200, ge=0)
-    pipeline_depth: int = Field(2, ge=1)  # 0 would make the inference queue unbounded
+    max_batch_size: int = Field(32, ge=1, description="events per micro-batch (the models see whole batches); "
+                                "also the events held per partition (at least 16) before that partition is paused")
+    max_batch_wait_ms: int = Field(200, ge=0, description="longest wait to fill a batch while the model is busy "
+                                   "(an idle model takes what is waiting at once)")
+    pipeline_depth: int = Field(2, ge=1, description="batches queued for inference")  # 0: an unbounded queue
 
     # Images
-    image_fetch_concurrency: int = Field(16, ge=1)
-    image_connect_timeout_s: float = Field(2.0, gt=0)
-    image_read_timeout_s: float = Field(5.0, gt=0)
-    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    image_max_pixels: int = Field(40_000_000, ge=1)
+    image_fetch_concurrency: int = Field(16, ge=1, description="parallel image downloads")
+    image_connect_timeout_s: float = Field(2.0, gt=0, description="per-connect cap within the image deadline")
+    image_read_timeout_s: float = Field(5.0, gt=0, description="per-read cap within the image deadline")
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image body")
+    image_max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb limit, checked from the header")
     image_allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Hosts, IPs or CIDRs that may be fetched even if private/loopback (SSRF allow-list)",
+        description="SSRF allow-list: hosts, IPs or CIDRs fetched even if loopback/private, on any port "
+        "(`\"127.0.0.1\"`) or on one port (`\"127.0.0.1:8080\"`, `\"[::1]:8080\"`, `\"img.local:8080\"`)",
     )
     # Image fetch hardening (hard-fetch): one deadline per fetch, bounded decode memory. Ports other than
     # 80/443 are fetched only when an image_allowed_hosts entry covers them ("host" = any port, "host:port").
-    image_total_timeout_s: float = Field(5.0, gt=0, description="deadline per image: DNS, connect, redirects, body")
+    image_total_timeout_s: float = Field(5.0, gt=0, description="one deadline per image: DNS, connect, every "
+                                         "redirect hop, headers and body")
     image_max_aspect: float = Field(10.0, ge=1, description="longer/shorter side above this: refused as bad_aspect")
     image_decode_budget_pixels: int = Field(
         40_000_000, gt=0, description="pixels being decoded at once across the fetch pool (memory bound)"
     )
 
     # Models and the KL choice
-    artifact_dir: Path | None = None  # default: newest folder under models/artifacts
-    image_weight: float | None = Field(None, ge=0, le=1)  # default: the artifact's tuned weight
-    abstain_threshold: float | None = Field(None, ge=0)  # default: the artifact's tuned threshold
-    fallback_category: str = Field("OTHERS", min_length=1)
+    artifact_dir: Path | None = Field(None, description="trained model folder, a symlink to one, or a pointer "
+                                      "file whose one line names one (relative to the file); default: the newest "
+                                      "under `models/artifacts/` by the manifest's `created_at`")
+    image_weight: float | None = Field(None, ge=0, le=1, description="weight of the image distribution in the "
+                                       "average (default: the artifact's tuned value)")
+    abstain_threshold: float | None = Field(None, ge=0, description="best KL above this: the fallback category "
+                                            "(default: the artifact's value, none)")
+    fallback_category: str = Field("OTHERS", min_length=1, description="category used when abstaining")
 
     # Performance (perf): where the models run. auto = LiteRT + XNNPACK when TensorFlow sees no GPU,
     # the TensorFlow graph when it does; see models/engine.py.
-    inference_engine: Literal["auto", "tensorflow", "litert"] = "auto"
+    inference_engine: Literal["auto", "tensorflow", "litert"] = Field(
+        "auto", description="`auto`: LiteRT + XNNPACK when TensorFlow sees no GPU, the TensorFlow graph when it "
+        "does; `litert` / `tensorflow` force one (models/engine.py)")
 
     # Human in the loop (hitl): calibrated confidence, review routing, corrections, taxonomy versions.
-    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # default: the artifact calibration's
-    review_topic: str | None = "products.review"  # results under the threshold also go here (empty: off)
-    corrections_topic: str | None = "products.corrections"  # CategoryCorrected, compacted (empty: off)
-    taxonomy_topic: str | None = "shelver.taxonomy"  # TaxonomyPublished, compacted (empty: off)
-    corrections_prior_strength: float = Field(default=3.0, gt=0)  # prior weight, in corrections (training/learning_curve.py)
-    corrections_reviewer_cap: float = Field(default=20.0, gt=0)  # most total weight one reviewer can carry
-    # power a corrected product's distribution is raised to before it is averaged (training/learning_curve.py)
-    corrections_temperature: float = Field(default=0.3, gt=0)
-    corrections_catchup_timeout_s: float = 60.0  # start-up wait to read corrections/taxonomy to their end
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="confidence under this: "
+                                           "`needs_review` and a copy on the review topic (default: the artifact "
+                                           "calibration's `review_threshold`)")
+    review_topic: str | None = Field("products.review", description="results under the review threshold also go "
+                                     "here (empty: off)")
+    corrections_topic: str | None = Field("products.corrections", description="`CategoryCorrected`, compacted "
+                                          "(empty: off)")
+    taxonomy_topic: str | None = Field("shelver.taxonomy", description="`TaxonomyPublished`, compacted, one "
+                                       "partition (empty: off)")
+    corrections_prior_strength: float = Field(default=3.0, gt=0, description="the taxonomy prior's weight k, "
+                                              "counted in corrections (chosen by training/learning_curve.py)")
+    corrections_reviewer_cap: float = Field(default=20.0, gt=0, description="the most total weight one "
+                                            "reviewer's corrections can carry")
+    corrections_temperature: float = Field(default=0.3, gt=0, description="power a corrected product's "
+                                           "distribution is raised to (then renormalized) before it is averaged "
+                                           "into its category; 1 = plain mean")
+    corrections_catchup_timeout_s: float = Field(60.0, description="at start, longest wait to read corrections "
+                                                 "and taxonomy to their end")
 
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = Field("INFO", description="structlog JSON logs on stderr, one line per batch with "
+                                "counts and stage timings")
 
     # Start-up checks (hard-config): how long `shelver consume` waits for the broker and its topics.
-    startup_timeout_s: float = Field(30.0, gt=0)
+    startup_timeout_s: float = Field(30.0, gt=0, description="how long `shelver consume` waits at start for the "
+                                     "broker and its topics before exiting 1")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -249,15 +273,20 @@ class Settings(BaseSettings):
         return v
 
     # Operations (ops-metrics): Prometheus /metrics, /healthz, /readyz on one port; model reload.
-    metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns the HTTP endpoint off")
-    metrics_host: str = "0.0.0.0"  # probes and scrapers come from outside the container/pod
-    stats_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics (consumer lag); 0: off")
-    liveness_stall_s: float = Field(120.0, gt=0, description="/healthz fails when a loop is stuck longer")
-    reload_poll_s: float = Field(5.0, ge=0, description="how often the artifact pointer is checked; 0: SIGHUP only")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="HTTP port of `/metrics`, `/healthz`, `/readyz` "
+                              "(0: off)")
+    metrics_host: str = Field("0.0.0.0", description="address that port binds to (probes and scrapers come from "
+                              "outside the container or pod)")
+    stats_interval_ms: int = Field(5000, ge=0, description="librdkafka `statistics.interval.ms`: how fresh "
+                                   "`shelver_consumer_lag` is (0: no lag metric)")
+    liveness_stall_s: float = Field(120.0, gt=0, description="`/healthz` fails when the main loop, or inference "
+                                    "on one batch, makes no progress for this long")
+    reload_poll_s: float = Field(5.0, ge=0, description="how often a configured `artifact_dir` pointer is checked "
+                                 "for a new target (0: SIGHUP only)")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        return (init_settings, env_settings, _FileSource(settings_cls), file_secret_settings)
+        return (init_settings, env_settings, *_file_sources(settings_cls), file_secret_settings)
 
     def resolved_artifact_dir(self) -> Path:
         """SHELVER_ARTIFACT_DIR (a folder, a symlink to one, or a pointer file naming one), else the
@@ -289,20 +318,10 @@ class Settings(BaseSettings):
                     if "user.info" in k.lower() and ":" in v:  # user:password → the password alone too
                         found.add(v.split(":", 1)[1])
                 if isinstance(v, str):
-                    found.update(_userinfo_secrets(v))
+                    found.update(userinfo_secrets(v))
         for text in (self.schema_registry_url, self.bootstrap_servers):
-            found.update(_userinfo_secrets(text or ""))
+            found.update(userinfo_secrets(text or ""))
         return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
-
-
-def _userinfo_secrets(text: str) -> set[str]:
-    out = set()
-    for m in _URL_USERINFO.finditer(text):
-        info = m.group("userinfo")
-        out.add(info)
-        if ":" in info:
-            out.add(info.split(":", 1)[1])
-    return out
 
 
 def _origin(field: str) -> str:

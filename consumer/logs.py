@@ -13,7 +13,7 @@ from typing import Iterable
 
 import structlog
 
-_MASK = "***"
+from consumer.secrets import MASK
 
 
 class Scrubber:
@@ -27,7 +27,7 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         for s in self.secrets:
             if s in text:
-                text = text.replace(s, _MASK)
+                text = text.replace(s, MASK)
         return text
 
 

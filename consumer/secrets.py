@@ -1,0 +1,48 @@
+"""Which configuration values are secrets, and how they are masked (``***``) before anything logs them.
+
+Options (librdkafka, Schema Registry client) are secret when their name holds one of the names below;
+URLs lose their user info. `consumer.config.Settings.redacted` and `.secret_values` use these rules,
+and `consumer.logs` scrubs the values from every log line.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+# Option names (librdkafka, Schema Registry client) whose values are credentials. Matched as substrings.
+_SECRET_KEYS = (
+    "password", "secret", "token", "user.info", "userinfo", "credential", "key.pem", "private",
+    "keystore", "sasl.oauthbearer.config", "sasl.jaas.config", "api.key",
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>[^/@\s,]+)@")
+MASK = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(s in k for s in _SECRET_KEYS)
+
+
+def mask_url(text: str | None) -> str | None:
+    """``scheme://user:pass@host`` → ``scheme://***@host`` for every address in ``text`` (comma lists too)."""
+    if not text:
+        return text
+    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{MASK}@", text)
+
+
+def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Secret-named options masked; URLs in the others lose their user info."""
+    return {
+        k: MASK if is_secret_key(k) else (mask_url(v) if isinstance(v, str) else v) for k, v in options.items()
+    }
+
+
+def userinfo_secrets(text: str) -> set[str]:
+    """The user info of every URL in ``text``, and the password part alone."""
+    out = set()
+    for m in _URL_USERINFO.finditer(text):
+        info = m.group("userinfo")
+        out.add(info)
+        if ":" in info:
+            out.add(info.split(":", 1)[1])
+    return out
