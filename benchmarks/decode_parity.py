@@ -3,7 +3,7 @@
 Held-out catalogue images (the split ``shelver evaluate`` uses) are enlarged ``--scale`` times and
 re-encoded as JPEG and PNG, standing in for big marketplace photos. Each is prepared two ways:
 the full-size path (full decode, pad, one bicubic resize: prepare_image before shrinking existed)
-and the serving path (``consumer.images.decode_image`` with JPEG draft / box reduction, then
+and the serving path (``consumer.adapters.images.decode_image`` with JPEG draft / box reduction, then
 ``prepare_image``). Prints the image model's top-1 accuracy for both, their agreement, and the mean
 absolute pixel difference; also checks that no original catalogue image is ever shrunk.
 
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from consumer.config import Settings
-from consumer.images import decode_image
+from consumer.adapters.images import decode_image
 from models.pixels import REDUCING_GAP, prepare_image
 from training.data import article_type_targets, label_space, load_catalogue, split
 

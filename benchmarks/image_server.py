@@ -65,7 +65,7 @@ def thread_cpu_s(native_id: int) -> float:
 # it has one, else the kernel's): the split of "the rest of the service" in the report.
 THREAD_GROUPS = (
     ("litert", "inference"),  # the interpreters' threads: models.engine names them, XNNPACK's too
-    ("image-fetch", "image HTTP + decode"),  # consumer.images.ImageFetcher's pool
+    ("image-fetch", "image HTTP + decode"),  # consumer.adapters.images.ImageFetcher's pool
     ("fetch", "image resize"),  # the service's per-batch pool: waits for the fetches, then prepare_image
     ("infer", "inference thread (text, KL)"),  # its image chunks run on the litert threads
     ("rdk:", "librdkafka"),
@@ -123,7 +123,7 @@ class CpuMeter:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from consumer.sample import serve_directory
+    from consumer.cli.sample import serve_directory
 
     with serve_directory(Path(sys.argv[1])) as url:
         print(url, flush=True)

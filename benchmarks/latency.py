@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from image_server import CpuMeter  # noqa: E402
 
 from consumer.config import Settings  # noqa: E402
-from consumer.kafka_io import make_producer  # noqa: E402
-from consumer.sample import sample_events  # noqa: E402
+from consumer.adapters.kafka_io import make_producer  # noqa: E402
+from consumer.cli.sample import sample_events  # noqa: E402
 from consumer.service import Service  # noqa: E402
 from schemas.wire import make_codec  # noqa: E402
 

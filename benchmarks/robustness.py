@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from consumer.config import Settings  # noqa: E402
-from consumer.sample import publish  # noqa: E402
+from consumer.cli.sample import publish  # noqa: E402
 from schemas import ProductEvent  # noqa: E402
 from schemas.wire import make_codec  # noqa: E402
 

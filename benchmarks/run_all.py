@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from image_server import CpuMeter, image_server  # noqa: E402
 from latency import LatencyRun, Timed, describe, run_latency  # noqa: E402
 
-from consumer.admin import ensure_topics  # noqa: E402
+from consumer.adapters.admin import ensure_topics  # noqa: E402
 from consumer.config import Settings  # noqa: E402
 from consumer.logs import configure  # noqa: E402
-from consumer.sample import publish, sample_events  # noqa: E402
+from consumer.cli.sample import publish, sample_events  # noqa: E402
 from consumer.service import Service  # noqa: E402
 
 
@@ -114,7 +114,7 @@ class StageModel(Timed):
 
 def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batch: int, partitions: int = 6,
                   pids: tuple[int | None, int | None] = (None, None)) -> Row:
-    from consumer.images import ImageFetcher
+    from consumer.adapters.images import ImageFetcher
 
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(update=dict(

@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     @field_validator("image_allowed_hosts")
     @classmethod
     def _allow_entries_parse(cls, v: list[str]):  # hard-fetch: a bad "host:port" fails at start-up
-        from consumer.allowlist import AllowRule
+        from consumer.adapters.allowlist import AllowRule
 
         for entry in v:
             AllowRule.parse(entry)

@@ -32,7 +32,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_producer, make_reader, produce
+from consumer.adapters.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
 from models.correction_rule import Correction, corrected_projections, projection_version
 from schemas import CategoryCorrected, TaxonomyPublished

@@ -10,9 +10,7 @@ import sys
 import typing
 from pathlib import Path
 
-from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from consumer.config import ENV_PREFIX, Settings
 from models.paths import REPO_ROOT
@@ -42,15 +40,15 @@ def _type(annotation) -> str:
 
 def _bounds(field: FieldInfo) -> str:
     out = []
-    for m in field.metadata:
-        for cls, sign, attr in ((Ge, "≥", "ge"), (Gt, ">", "gt"), (Le, "≤", "le"), (Lt, "<", "lt")):
-            if isinstance(m, cls):
+    for m in field.metadata:  # annotated_types constraints (Ge, Gt, Le, Lt, MinLen, MaxLen), read by attribute
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
                 out.append(f"{sign} {getattr(m, attr)}")
-        if isinstance(m, MinLen) and m.min_length == 1:
+        if getattr(m, "min_length", None) == 1:
             out.append("not empty")
-        elif isinstance(m, MinLen):
+        elif getattr(m, "min_length", None) is not None:
             out.append(f"length ≥ {m.min_length}")
-        if isinstance(m, MaxLen):
+        if getattr(m, "max_length", None) is not None:
             out.append(f"length ≤ {m.max_length}")
     return ", ".join(out)
 
@@ -58,7 +56,7 @@ def _bounds(field: FieldInfo) -> str:
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
-    elif field.default is PydanticUndefined:
+    elif field.is_required():
         return "required"
     else:
         value = field.default

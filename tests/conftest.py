@@ -52,7 +52,7 @@ def image_base(tmp_path_factory):
     """A real HTTP server with a few generated product photos (0.jpg .. 4.jpg)."""
     from PIL import Image
 
-    from consumer.sample import serve_directory
+    from consumer.cli.sample import serve_directory
 
     root = tmp_path_factory.mktemp("images")
     for i in range(5):

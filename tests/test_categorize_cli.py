@@ -5,7 +5,7 @@ from PIL import Image
 from tiny_categorizer import TARGETS, TinyCategorizer
 
 from consumer.cli import main
-from consumer.sample import serve_directory
+from consumer.cli.sample import serve_directory
 from schemas import CategoryAssigned
 
 

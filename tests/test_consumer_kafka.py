@@ -16,8 +16,8 @@ from kafka_helpers import TESTS, committed, make_events, read_topic, results, ru
 from tiny_categorizer import TARGETS, TinyCategorizer
 
 from consumer.config import Settings
-from consumer.replay import replay
-from consumer.sample import publish
+from consumer.cli.replay import replay
+from consumer.cli.sample import publish
 from schemas import CategoryAssigned, ProductEvent
 from schemas.wire import make_codec
 

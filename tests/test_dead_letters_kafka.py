@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_helpers import committed, make_events, read_topic, results, run_service
 
-from consumer.sample import publish
+from consumer.cli.sample import publish
 from schemas.wire import make_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]

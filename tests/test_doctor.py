@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from consumer import doctor
+from consumer.cli import doctor
 from consumer.cli import main
-from consumer.doctor import FAIL, OK, WARN, Check
+from consumer.cli.doctor import FAIL, OK, WARN, Check
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import pytest
 from kafka_helpers import committed, make_events, read_topic, results, run_service, wait_for
 from test_dead_letters_kafka import make_topic
 
-from consumer.sample import publish
+from consumer.cli.sample import publish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from consumer.config import Settings
-from consumer.images import FetchResult, ImageFetcher
+from consumer.adapters.images import FetchResult, ImageFetcher
 from slow_http import start_slow_server, stop_slow_server
 
 TESTS = Path(__file__).resolve().parent
@@ -111,13 +111,13 @@ def test_cancel_with_grace_lets_fetches_run_until_the_grace_ends(slow_server):
     ],
 )
 def test_allow_list_entries_parse(entry, rule):
-    from consumer.allowlist import AllowRule
+    from consumer.adapters.allowlist import AllowRule
 
     assert AllowRule.parse(entry) == AllowRule(*rule)
 
 
 def test_bad_port_in_allow_list_entry_is_an_error():
-    from consumer.allowlist import AllowRule
+    from consumer.adapters.allowlist import AllowRule
 
     with pytest.raises(ValueError, match="bad port"):
         AllowRule.parse("images.local:http")
@@ -126,7 +126,7 @@ def test_bad_port_in_allow_list_entry_is_an_error():
 
 
 def test_only_ports_80_and_443_unless_an_entry_names_the_port():
-    from consumer.images import AllowRule, address_allowed
+    from consumer.adapters.images import AllowRule, address_allowed
 
     public = ip_address("93.184.216.34")
     loop = ip_address("127.0.0.1")
@@ -157,7 +157,7 @@ def test_port_entries_against_a_real_server(slow_server):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_exits_promptly_while_stuck_on_a_dripping_image_server(kafka_bootstrap, topic_factory, slow_server):
-    from consumer.sample import publish
+    from consumer.cli.sample import publish
     from schemas import ProductEvent
 
     srv, base = slow_server

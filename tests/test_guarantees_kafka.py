@@ -22,7 +22,7 @@ from confluent_kafka import Consumer
 from kafka_helpers import TESTS, make_events, read_topic, results, run_service
 from tiny_categorizer import TinyCategorizer
 
-from consumer.sample import publish
+from consumer.cli.sample import publish
 from consumer.service import Service
 from schemas import ProductEvent
 

@@ -21,8 +21,8 @@ from kafka_helpers import committed, read_topic, results, run_service, wait_for
 from consumer.config import Settings
 from consumer.corrections import start_projection_updater
 from consumer.metrics import Metrics
-from consumer.replay import replay
-from consumer.sample import publish
+from consumer.cli.replay import replay
+from consumer.cli.sample import publish
 from models.artifact import ArtifactCategorizer, load_artifact
 from schemas import CategoryCorrected, ProductEvent
 from schemas.wire import make_codec
@@ -224,7 +224,7 @@ def test_taxonomy_split_applied_to_a_running_service_and_replayed(settings, arti
 def test_ensure_topics_makes_the_corrections_and_taxonomy_topics_compacted(kafka_bootstrap):
     from confluent_kafka.admin import ConfigResource
 
-    from consumer.admin import ensure_topics
+    from consumer.adapters.admin import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     s = Settings(bootstrap_servers=kafka_bootstrap, input_topic=f"in.{suffix}", replay_topic=None,

@@ -16,7 +16,7 @@ import pytest
 from hostile_images import encoded, hostile_routes
 from PIL import Image, ImageOps
 
-from consumer.images import PixelBudget, _Refused, decode_image
+from consumer.adapters.images import PixelBudget, _Refused, decode_image
 from models import pixels
 from models.pixels import prepare_image, shrink_for
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from consumer.config import Settings
-from consumer.images import FetchResult, ImageFetcher, is_public
+from consumer.adapters.images import FetchResult, ImageFetcher, is_public
 
 MAX_BYTES = 50_000
 MAX_PIXELS = 1_000_000

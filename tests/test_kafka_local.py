@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.admin import ensure_topics, shelver_topics
+from consumer.adapters.admin import ensure_topics, shelver_topics
 from consumer.config import Settings
 
 pytestmark = pytest.mark.kafka

@@ -23,7 +23,7 @@ from tiny_categorizer import TinyCategorizer
 
 from consumer.config import Settings
 from consumer.metrics import Metrics, serve
-from consumer.sample import publish
+from consumer.cli.sample import publish
 from consumer.service import Service
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]

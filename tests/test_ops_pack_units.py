@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from consumer import probe
-from consumer.progress import ProgressLines, progress
-from consumer.sample import read_catalogue, sample_events
+from consumer.cli.progress import ProgressLines, progress
+from consumer.cli.sample import read_catalogue, sample_events
 
 
 class FakeClock:
@@ -88,8 +88,8 @@ def test_produce_and_replay_report_progress_as_log_lines_off_a_terminal(kafka_bo
     from structlog.testing import capture_logs
 
     from consumer.config import Settings
-    from consumer.replay import replay
-    from consumer.sample import publish
+    from consumer.cli.replay import replay
+    from consumer.cli.sample import publish
     from schemas import ProductEvent
 
     from consumer.logs import configure

@@ -31,7 +31,7 @@ HOSTILE = ["/strip.png"] + ["/20mp.png"] * 32 + ["/bomb.png", "/39mp.png"] + ["/
 def test_service_peak_rss_stays_under_the_documented_bound(kafka_bootstrap, topic_factory):
     from confluent_kafka import Consumer
 
-    from consumer.sample import publish
+    from consumer.cli.sample import publish
     from schemas import CategoryAssigned, ProductEvent
     from schemas.wire import make_codec
 

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
 
 from consumer.config import Settings
-from consumer.kafka_io import produce
+from consumer.adapters.kafka_io import produce
 from consumer.service.builders import RecordBuilder, arrival, decode
 from consumer.service.delivery import AtLeastOnce, PipelineFailed, Transactional, make_delivery
 from consumer.service.partitions import Partitions, flow_step

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from consumer import dead_letters
 from consumer.config import Settings
-from consumer.kafka_io import make_producer, produce
+from consumer.adapters.kafka_io import make_producer, produce
 from consumer.logs import get_logger
 from consumer.service.builders import RecordBuilder
 from consumer.service.records import Batch, Out

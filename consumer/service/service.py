@@ -19,7 +19,7 @@ from consumer import scoring
 from consumer.batching import MicroBatcher
 from consumer.commits import CommitLedger, CommitSchedule
 from consumer.config import Settings
-from consumer.kafka_io import make_consumer
+from consumer.adapters.kafka_io import make_consumer
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
 from consumer.service.builders import RecordBuilder, arrival, decode
@@ -41,7 +41,7 @@ class Service(Rebalancing):
     def __init__(self, settings: Settings, categorizer: Categorizer, fetcher=None, *,
                  max_events: int | None = None, idle_exit_s: float | None = None, consumer_extra=None,
                  metrics: Metrics | None = None, reloader=None):
-        from consumer.images import ImageFetcher  # the fetcher pulls in httpx; only the service needs it
+        from consumer.adapters.images import ImageFetcher  # the fetcher pulls in httpx; only the service needs it
 
         self.s, self.model, self.own_fetcher = settings, categorizer, fetcher is None
         self.fetcher = fetcher or ImageFetcher(settings, target_size=categorizer.image_size)  # decodes to model size

@@ -1,7 +1,7 @@
 """Topic creation for Shelver's input, replay, output and DLQ topics.
 
 Idempotent so that it can run on every deploy or test start: existing topics are left as they are.
-``python -m consumer.admin`` creates them for the configured ``Settings`` (env ``SHELVER_*``).
+``python -m consumer.adapters.admin`` creates them for the configured ``Settings`` (env ``SHELVER_*``).
 
 `check_startup` is what ``shelver consume`` runs before loading its models: a broker that cannot be
 reached or a topic that does not exist ends the start with one clear line instead of a consumer
@@ -61,7 +61,7 @@ def check_startup(settings: Settings, timeout_s: float | None = None, topics: li
         missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:
         raise StartupError(
-            f"topic(s) missing on {where}: {', '.join(missing)} (create them with `python -m consumer.admin` "
+            f"topic(s) missing on {where}: {', '.join(missing)} (create them with `python -m consumer.adapters.admin` "
             "or scripts/kafka-local create-topics; SHELVER_REPLAY_TOPIC= empty disables the replay topic)"
         )
     return {t: len(metadata.topics[t].partitions) for t in wanted}

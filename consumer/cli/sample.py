@@ -22,9 +22,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from consumer.config import Settings
-from consumer.kafka_io import make_producer, produce
+from consumer.adapters.kafka_io import make_producer, produce
 from consumer.logs import get_logger
-from consumer.progress import progress
+from consumer.cli.progress import progress
 from models.paths import DEFAULT_CATALOGUE_DIR
 from schemas import ProductEvent
 from schemas.wire import make_codec

@@ -16,7 +16,7 @@ from typing import Sequence
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
-# Same list as consumer.images.METADATA_ADDRESSES: the fetcher refuses these even when allow-listed.
+# Same list as consumer.adapters.images.METADATA_ADDRESSES: the fetcher refuses these even when allow-listed.
 _METADATA = ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 _HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$",
                        re.IGNORECASE)
@@ -51,7 +51,7 @@ def check_topics(wanted: dict[str, str | None], found: dict[str, int | str]) -> 
         if not name:
             checks.append(Check(label, OK, "disabled"))
         elif name not in found:
-            checks.append(Check(label, FAIL, f"{name}: does not exist (create it: python -m consumer.admin)"))
+            checks.append(Check(label, FAIL, f"{name}: does not exist (create it: python -m consumer.adapters.admin)"))
         elif isinstance(found[name], str):
             checks.append(Check(label, FAIL, f"{name}: {found[name]}"))
         else:
@@ -87,7 +87,7 @@ def check_allow_list(entries: Sequence[str]) -> Check:
     """Entries the fetcher reads as IPs/CIDRs or host names (optionally with a port); wide or useless ones are warned."""
     if not entries:
         return Check("image allow-list", OK, "empty: only public addresses are fetched")
-    from consumer.allowlist import AllowRule  # the fetcher's own reading of an entry
+    from consumer.adapters.allowlist import AllowRule  # the fetcher's own reading of an entry
 
     bad, wide, useless = [], [], []
     for entry in entries:

@@ -11,9 +11,9 @@ from datetime import datetime
 from confluent_kafka import OFFSET_END, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_producer, make_reader, produce
+from consumer.adapters.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
-from consumer.progress import progress
+from consumer.cli.progress import progress
 
 log = get_logger("shelver.replay")
 

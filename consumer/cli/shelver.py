@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
     args = _parser().parse_args(argv)
     if args.command == "doctor":  # before the settings load: a configuration error is one of its findings
-        from consumer.doctor import main as doctor
+        from consumer.cli.doctor import main as doctor
 
         return doctor(args.timeout, args.skip_artifact)
     try:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
 
     if args.command == "consume":
         # Everything that can be checked cheaply is checked before TensorFlow loads (seconds).
-        from consumer.admin import StartupError, check_startup
+        from consumer.adapters.admin import StartupError, check_startup
 
         try:
             settings.resolved_artifact_dir()
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
                     updater.stop()
 
     if args.command == "taxonomy":
-        from consumer.taxonomy_apply import apply_taxonomy
+        from consumer.cli.taxonomy_apply import apply_taxonomy
         from models.taxonomy_document import TaxonomyError
 
         try:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         return 0
 
     if args.command == "replay":
-        from consumer.replay import replay
+        from consumer.cli.replay import replay
 
         if not (args.to or settings.replay_topic):
             raise SystemExit("no target topic: pass --to or set SHELVER_REPLAY_TOPIC")
@@ -227,14 +227,14 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         return 0
 
     if args.command == "produce-sample":
-        from consumer.sample import produce_sample
+        from consumer.cli.sample import produce_sample
 
         n = produce_sample(settings, args.count, args.data, seed=args.seed, serve_seconds=args.serve_seconds)
         print(json.dumps({"produced": n, "topic": settings.input_topic}))
         return 0
 
     if args.command == "show":
-        from consumer.show import format_table, read_results
+        from consumer.cli.show import format_table, read_results
 
         rows = read_results(settings, args.count, args.timeout)
         print(format_table(rows))
@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         return 0 if len(rows) >= args.count else 1
 
     if args.command == "categorize":
-        from consumer.images import ImageFetcher
-        from consumer.offline import categorize_lines
+        from consumer.adapters.images import ImageFetcher
+        from consumer.cli.offline import categorize_lines
 
         src = nullcontext(sys.stdin) if args.input == "-" else open(args.input, encoding="utf-8")
         dst = nullcontext(sys.stdout) if args.output == "-" else open(args.output, "w", encoding="utf-8")

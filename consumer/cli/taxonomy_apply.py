@@ -19,7 +19,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from consumer.config import Settings
-from consumer.kafka_io import make_producer, make_reader, produce
+from consumer.adapters.kafka_io import make_producer, make_reader, produce
 from models.projections import changed_projections
 from models.taxonomy_document import load_taxonomy, parse_taxonomy, plan_change
 from schemas import TaxonomyPublished

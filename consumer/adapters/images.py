@@ -34,7 +34,7 @@ import httpx
 import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from consumer.allowlist import AllowRule
+from consumer.adapters.allowlist import AllowRule
 from consumer.config import Settings
 from models.pixels import draft_for, shrink_for
 

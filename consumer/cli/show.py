@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from consumer.config import Settings
-from consumer.kafka_io import make_reader
+from consumer.adapters.kafka_io import make_reader
 from schemas.wire import WireFormatError, make_codec
 
 
