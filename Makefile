@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint check-wheel doctor train evaluate benchmark clean
+.PHONY: setup run test test-fast lint docs check-wheel doctor train evaluate benchmark clean
 
 # requirements.txt = requirements-runtime.txt + -train + -dev (the suite needs all three).
 $(STAMP): requirements.txt requirements-runtime.txt requirements-train.txt requirements-dev.txt pyproject.toml
@@ -28,6 +28,10 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check consumer models schemas training tests benchmarks
+
+# docs/configuration.md's settings table, regenerated from consumer/config.py (tests/test_settings_doc.py checks it)
+docs: setup
+	$(BIN)/python -m consumer.settings_doc
 
 # The wheel installed (not editable) into a fresh venv runs `shelver categorize` (--full: real install).
 check-wheel: setup
