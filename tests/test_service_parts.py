@@ -392,3 +392,14 @@ def test_service_module_is_a_short_orchestrator():
 
     assert len(Path(service.__file__).read_text().splitlines()) <= 200
     assert "processing_guarantee" not in Path(service.__file__).read_text()  # the delivery strategy chooses
+
+
+def test_a_throwaway_reader_has_its_own_group_and_never_commits_by_itself(monkeypatch):
+    from consumer.adapters import kafka_io
+
+    seen = []
+    monkeypatch.setattr(kafka_io, "Consumer", lambda conf: seen.append(conf) or conf)
+    a, b = kafka_io.make_reader(settings(group_id="g"), "replay"), kafka_io.make_reader(settings(group_id="g"), "replay")
+    assert a["group.id"].startswith("g.replay.") and a["group.id"] != b["group.id"]
+    assert a["enable.auto.commit"] is False and a["enable.partition.eof"] is True
+    assert kafka_io.make_reader(settings(), "show", {"enable.partition.eof": False})["enable.partition.eof"] is False

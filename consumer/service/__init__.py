@@ -5,7 +5,8 @@
 - ``builders``: pure record building (decode; results, reviews, dead letters and their replacements).
 - ``delivery``: the delivery strategy: ``AtLeastOnce`` and ``Transactional`` behind one interface.
 - ``worker``: the inference worker thread.
-- ``partitions``: assignment, paused, revoked and lost partitions in immutable sets.
+- ``partitions``: assignment, paused, revoked and lost partitions in immutable sets; flow control applied.
+- ``rebalance``: draining on revoke and at shutdown, dropping lost partitions' work.
 """
 from consumer.service.delivery import PipelineFailed
 from consumer.service.records import Batch, Item, Out

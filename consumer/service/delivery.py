@@ -177,7 +177,7 @@ class Transactional(Delivery):
             # A new producer with the same transactional.id: a fresh epoch, every partition usable again.
             self.producer = self._new_producer()
             # guarantee: waits until the broker has finished the abort (its markers written; a topic
-            # limit under 78 bytes can never take one: CONCURRENT_TRANSACTIONS until we stop, docs/).
+            # limit under 78 bytes can never take one: CONCURRENT_TRANSACTIONS until we stop: docs/delivery-guarantees.md).
             self._txn(self.producer.init_transactions, INIT_TIMEOUT_S)
 
     def commit(self, consumer, parts: list[TopicPartition]) -> None:
