@@ -43,8 +43,9 @@ def decode(codec: AvroCodec, value: bytes | None, topic: str) -> ProductEvent:
 
 
 def text_of(event: ProductEvent) -> str:
-    """What the text model reads: title and description (normalization happens in the model)."""
-    return " ".join(t for t in (event.title, event.description) if t)
+    """What the text model reads: title and description, one per line (the model's own
+    normalizer drops boilerplate line by line, so a heading opening the description stays one)."""
+    return "\n".join(t for t in (event.title, event.description) if t)
 
 
 def fetch_images(fetcher, categorizer: Categorizer, urls: Sequence[str | None]) -> tuple[list[Image], float]:

@@ -28,7 +28,6 @@ from models import kl
 from models.calibration import Calibration, load_calibration
 from models.categorizer import Decision
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
-from models.text import tokenize
 from models.text_model import TextModel, load_text_model, save_text_model
 
 log = structlog.get_logger(__name__)
@@ -157,7 +156,7 @@ class ArtifactCategorizer:
     def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
         image_p, text_p, used = self.source_distributions(texts, images)
         # Text with no tokens is no evidence: such rows are scored from the image alone.
-        has_text = np.array([bool(tokenize(t)) for t in texts], dtype=bool)
+        has_text = np.array([bool(self.artifact.text_model.encoder.tokens(t)) for t in texts], dtype=bool)
         return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight, text_used=has_text), used, texts)
 
 

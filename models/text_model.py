@@ -37,6 +37,7 @@ class TextEncoder:
     n_buckets: int = 2**16
     max_len: int = 128  # tokens of a text that are used; long HTML descriptions are cut
     char_ngrams: tuple[int, int] | None = None
+    normalizer: str = "v1"  # models.text.NORMALIZERS key: how this encoder's model was trained to read
 
     @property
     def n_ids(self) -> int:
@@ -46,14 +47,19 @@ class TextEncoder:
     def build(cls, texts: Iterable[str], max_vocab: int = 30_000, min_count: int = 1, **kw) -> "TextEncoder":
         """Vocabulary of the most frequent words (ties broken alphabetically: deterministic)."""
         counts: dict[str, int] = {}
+        normalizer = kw.get("normalizer", "v1")
         for t in texts:
-            for w in tokenize(t):
+            for w in tokenize(t, normalizer):
                 counts[w] = counts.get(w, 0) + 1
         words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         return cls({w: i + 1 for i, w in enumerate(words[:max_vocab])}, **kw)
 
+    def tokens(self, text: str | None) -> list[str]:
+        """The words this encoder reads: the artifact's own normalizer, cut at ``max_len``."""
+        return tokenize(text, self.normalizer)[: self.max_len]
+
     def ids(self, text: str) -> list[int]:
-        toks = tokenize(text)[: self.max_len]
+        toks = self.tokens(text)
         base = 1 + len(self.vocab)
         words = [self.vocab[w] for w in toks if w in self.vocab]
         bigrams = [base + zlib.crc32(f"{a} {b}".encode()) % self.n_buckets for a, b in zip(toks, toks[1:])]
@@ -82,17 +88,20 @@ class TextEncoder:
 
     def to_json(self) -> dict:
         words = sorted(self.vocab, key=self.vocab.__getitem__)
-        return {"words": words, "n_buckets": self.n_buckets, "max_len": self.max_len, "char_ngrams": self.char_ngrams}
+        return {"words": words, "n_buckets": self.n_buckets, "max_len": self.max_len, "char_ngrams": self.char_ngrams,
+                "normalizer": self.normalizer}
 
     @classmethod
     def from_json(cls, d: dict) -> "TextEncoder":
         ng = d.get("char_ngrams")  # absent in artifacts written before subwords: none
+        # absent in artifacts written before the boilerplate-stripping normalizer: v1
         return cls({w: i + 1 for i, w in enumerate(d["words"])}, int(d["n_buckets"]), int(d["max_len"]),
-                   tuple(ng) if ng else None)
+                   tuple(ng) if ng else None, str(d.get("normalizer", "v1")))
 
 
 def build_text_model(
-    n_ids: int, n_words: int, n_labels: int, dim: int = 50, frozen_dim: int = 0, dropout: float = 0.2
+    n_ids: int, n_words: int, n_labels: int, dim: int = 50, frozen_dim: int = 0, dropout: float = 0.2,
+    hidden: int = 0,
 ) -> keras.Model:
     """ids [B, L] → softmax [B, n_labels].
 
@@ -115,6 +124,8 @@ def build_text_model(
         h2 = keras.ops.sum(frozen * wmask, axis=1) / keras.ops.maximum(keras.ops.sum(wmask, axis=1), 1.0)
         h = keras.layers.Concatenate()([h, h2])
     h = keras.layers.Dropout(dropout)(h)
+    if hidden:  # one ReLU layer lets cues combine (a length cue + a neckline → DRESS, a neckline alone → TOPS)
+        h = keras.layers.Dense(hidden, activation="relu", name="hidden")(h)
     out = keras.layers.Dense(n_labels, activation="softmax", name="softmax")(h)
     return keras.Model(ids, out, name="text_model")
 

@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from models.text import tokenize
 from models.text_model import TextEncoder
 
 
@@ -43,7 +42,7 @@ def cbow_examples(
     """(context ids [M, 2*window] padded with 0, centre ids [M]); ``weights`` repeats texts."""
     ctx, centre = [], []
     for k, t in enumerate(texts):
-        ids = [encoder.vocab[w] for w in tokenize(t)[: encoder.max_len] if w in encoder.vocab]
+        ids = [encoder.vocab[w] for w in encoder.tokens(t) if w in encoder.vocab]
         for _ in range(weights[k] if weights is not None else 1):
             for i, c in enumerate(ids):
                 window_ids = ids[max(0, i - window) : i] + ids[i + 1 : i + 1 + window]

@@ -30,7 +30,7 @@ from models.paths import DEFAULT_TAXONOMY, LABELS_DIR
 from models.taxonomy import Taxonomy, build_projections, choose_categories, load_taxonomy, mapped_classes
 from models.text import normalize
 from models.text_model import TextModel
-from training import baseline, data
+from training import baseline, data, text_corpus
 from training.metrics import target_metrics
 from training.train_text import INITS, train_text_model
 
@@ -98,43 +98,63 @@ def train_marketplace_text_model(
     init: str = "cbow+glove",
     epochs: int = 6,
     seed: int = 0,
-    keyword_weight: float = 0.3,
+    keyword_weight: float = 0.0,
     n_keyword: int = 150,
     example_weight: float = 3.0,
     verbose: int = 1,
     char_ngrams: tuple[int, int] | None = (3, 5),
+    descriptions: bool = True,
+    hm: bool = True,
+    titles: bool = True,
+    **train_kw,
 ) -> tuple[TextModel, dict]:
-    """The production recipe: catalogue titles (train split) + keyword sentences (modest weight)
-    + the labelled taxonomy examples (mapped to soft source labels), with hashed character
-    n-gram subwords. Returns the model and its history, incl. catalogue held-out source top-1
-    (``catalogue_top1``)."""
+    """The production recipe: catalogue titles and descriptions (train split), H&M descriptions
+    (``training/labels/hm_product_type_to_target.yaml``) and the labelled taxonomy examples
+    (mapped to soft source labels), with hashed character n-gram subwords, read through the
+    boilerplate-stripping normalizer (``v2``). Word vectors are pretrained on the titles, the
+    Myntra catalogue's attribute lists and the examples' descriptions (never the evaluation
+    part). Keyword sentences (weak supervision from the taxonomy's keywords, which were written
+    after reading all 500 development descriptions) are off by default. Returns the model and
+    its history, incl. catalogue held-out source top-1 (``catalogue_top1``) and the corpus size
+    per source (``corpus``)."""
     y = space.encode(df["articleType"])
     tr, te = data.split(df, y)
-    titles = df["productDisplayName"].tolist()
+    all_titles = df["productDisplayName"].tolist()
     n = len(space.labels)
     soft = target_soft_labels(taxonomy, space.labels, np.bincount(y[tr], minlength=n).astype(np.float64))
-    texts = [titles[i] for i in tr]
-    ys = [np.eye(n, dtype=np.float32)[y[tr]]]
-    weights = [np.ones(len(tr), np.float32)]
+    onehot = np.eye(n, dtype=np.float32)
+    corpus = text_corpus.Corpus()
+    if titles:
+        corpus.add("catalogue titles", [all_titles[i] for i in tr], onehot[y[tr]], 1.0)
+    if descriptions:
+        desc = text_corpus.catalogue_descriptions()
+        ids = df["id"].to_numpy()
+        rows = [i for i in tr if int(ids[i]) in desc]
+        corpus.add("catalogue descriptions", [desc[int(ids[i])] for i in rows], onehot[y[rows]], 1.0)
+    if hm:
+        art = text_corpus.hm_articles()
+        corpus.add("H&M descriptions", art["text"].tolist(),
+                   text_corpus.label_rows(space, art["article_type"], art["target"], soft), 1.0)
     if keyword_weight > 0:
         kt, kn = keyword_sentences(taxonomy, n_keyword, seed)
-        texts += kt
-        ys.append(np.stack([soft[k] for k in kn]))
-        weights.append(np.full(len(kt), keyword_weight, np.float32))
+        corpus.add("taxonomy keyword sentences", kt, np.stack([soft[k] for k in kn]), keyword_weight)
     ex = dev.iloc[examples_idx]
     ex = ex[ex["label"] != UNLABELABLE]
     if example_weight > 0 and len(ex):
-        texts += ex["text"].tolist()
-        ys.append(np.stack([soft[k] for k in ex["label"]]))
-        weights.append(np.full(len(ex), example_weight, np.float32))
-    market = [d["description"] for d in data.load_marketplace()]
-    pretrain = market + titles
+        corpus.add("marketplace examples", ex["text"].tolist(), np.stack([soft[k] for k in ex["label"]]),
+                   example_weight)
+    texts, rows_y, weights = corpus.arrays()
+    market = dev["text"].iloc[examples_idx].tolist()
+    myntra = text_corpus.myntra_texts()
+    pretrain = market + myntra + all_titles
     tm, hist = train_text_model(
-        texts, np.concatenate(ys), [titles[i] for i in te], y[te], space.labels, pretrain, init=init,
-        epochs=epochs, seed=seed, sample_weight=np.concatenate(weights),
-        pretrain_weights=[5] * len(market) + [1] * len(titles), verbose=verbose, char_ngrams=char_ngrams,
+        texts, rows_y, [all_titles[i] for i in te], y[te], space.labels, pretrain, init=init,
+        epochs=epochs, seed=seed, sample_weight=weights,
+        pretrain_weights=[5] * len(market) + [1] * (len(myntra) + len(all_titles)), verbose=verbose,
+        char_ngrams=char_ngrams, normalizer="v2", **train_kw,
     )
-    hist["catalogue_top1"] = float((tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean())
+    hist["catalogue_top1"] = float((tm.predict_proba([all_titles[i] for i in te]).argmax(1) == y[te]).mean())
+    hist["corpus"] = corpus.counts()
     return tm, hist
 
 

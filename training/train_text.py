@@ -76,6 +76,8 @@ def train_text_model(
     batch_size: int = 64,
     dropout: float = 0.2,
     verbose: int = 1,
+    normalizer: str = "v1",
+    hidden: int = 0,
 ) -> tuple[TextModel, dict]:
     """Train on (text, label) pairs; labels are class indices or soft rows [N, S].
 
@@ -87,10 +89,12 @@ def train_text_model(
     """
     t0 = time.time()
     keras.utils.set_random_seed(seed)
-    encoder = TextEncoder.build(list(pretrain_texts) + list(train_texts), n_buckets=n_buckets, char_ngrams=char_ngrams)
+    encoder = TextEncoder.build(list(pretrain_texts) + list(train_texts), n_buckets=n_buckets, char_ngrams=char_ngrams,
+                                normalizer=normalizer)
     vectors = pretrained_vectors(encoder, init, pretrain_texts, dim, seed, pretrain_weights=pretrain_weights)
     use_frozen = frozen and vectors is not None
-    tm = TextModel.create(encoder, labels, dim=dim, frozen_dim=dim if use_frozen else 0, dropout=dropout)
+    tm = TextModel.create(encoder, labels, dim=dim, frozen_dim=dim if use_frozen else 0, dropout=dropout,
+                          **({"hidden": hidden} if hidden else {}))
     table = np.zeros((encoder.n_ids, dim), np.float32)  # bigram buckets start at zero
     n_words = 1 + len(encoder.vocab)
     rng = np.random.default_rng(seed)
