@@ -32,7 +32,7 @@ from consumer.secrets import is_secret_key, mask_options, mask_url, userinfo_sec
 
 # Paths are defined once, in models.paths (ops-pack); re-exported here for existing callers.
 from models.paths import ARTIFACTS_DIR as DEFAULT_ARTIFACTS
-from models.paths import REPO_ROOT, newest_artifact
+from models.paths import REPO_ROOT, newest_artifact, resolve_artifact_pointer
 
 ENV_PREFIX = "SHELVER_"
 # SHELVER_* variables that are not settings: read by the CLI, scripts, training code and tests.
@@ -401,14 +401,5 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(out)
 
 
-def resolve_artifact_pointer(path: Path) -> Path:
-    """A pointer file holds one line: the artifact folder (relative paths from the file's folder).
-    Symlinks are resolved, so a swapped link is seen as a new target."""
-    if path.is_file():
-        target = Path(path.read_text().strip())
-        path = target if target.is_absolute() else path.parent / target
-    return path.resolve()
-
-
 __all__ = ["Settings", "REPO_ROOT", "ConfigError", "load_settings", "unknown_env_vars", "mask_url", "mask_options",
-           "resolve_artifact_pointer", "newest_artifact"]
+           "newest_artifact"]

@@ -42,6 +42,20 @@ DEFAULT_CATALOGUE_DIR = shared_data("fashion-product-images-small")
 MARKETPLACE_DIR = shared_data("target-marketplace")
 
 
+def catalogue_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The catalogue folder: explicit argument, else SHELVER_DATA_DIR, else ../shared/data/...
+
+    The one rule for produce-sample (``consumer.cli.sample``) and training (``training.data``).
+    """
+    path = Path(explicit or os.environ.get("SHELVER_DATA_DIR") or DEFAULT_CATALOGUE_DIR)
+    if not (path / "styles.csv").exists():
+        raise FileNotFoundError(
+            f"no catalogue at {path}: expected styles.csv and images/<id>.jpg "
+            "(the Kaggle fashion-product-images-small layout); set SHELVER_DATA_DIR or pass --data"
+        )
+    return path
+
+
 def _created(folder: Path) -> float:
     """The manifest's ``created_at`` as a POSIX time; a manifest without one counts by its file age."""
     manifest = folder / "manifest.json"
@@ -58,3 +72,12 @@ def newest_artifact(root: Path = ARTIFACTS_DIR) -> Path:
     if not candidates:
         raise FileNotFoundError(f"no trained artifact under {root}; run `shelver train`")
     return max(candidates, key=lambda p: (_created(p), p.name))
+
+
+def resolve_artifact_pointer(path: Path) -> Path:
+    """A pointer file holds one line: the artifact folder (relative paths from the file's folder).
+    Symlinks are resolved, so a swapped link is seen as a new target."""
+    if path.is_file():
+        target = Path(path.read_text().strip())
+        path = target if target.is_absolute() else path.parent / target
+    return path.resolve()

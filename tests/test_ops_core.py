@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import consumer.config as config
-from consumer.config import Settings, resolve_artifact_pointer
+from consumer.config import Settings
+from models.paths import resolve_artifact_pointer
 from consumer.metrics import Heartbeats, Metrics, image_outcome, parse_consumer_lag, readiness_problems
 from consumer.reload import ModelReloader
 
@@ -255,3 +256,17 @@ def test_consume_exits_with_one_line_before_loading_models_when_the_metrics_port
     assert proc.returncode == 1
     assert proc.stderr.startswith("shelver: cannot serve metrics on 127.0.0.1:"), proc.stderr
     assert "models_loaded" not in proc.stderr and "tensorflow" not in proc.stderr.lower()
+
+
+def test_produce_sample_and_training_find_the_catalogue_by_one_rule(tmp_path, monkeypatch):
+    from consumer.cli import sample
+    from models import paths
+    from training import data
+
+    assert sample.catalogue_dir is paths.catalogue_dir
+    (tmp_path / "styles.csv").write_text("id\n")
+    monkeypatch.setenv("SHELVER_DATA_DIR", str(tmp_path))
+    assert data.data_dir() == paths.catalogue_dir() == tmp_path
+    monkeypatch.setenv("SHELVER_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="set SHELVER_DATA_DIR or pass --data"):
+        data.data_dir()

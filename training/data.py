@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from models.paths import DEFAULT_CATALOGUE_DIR as DEFAULT_DATA_DIR
+from models.paths import catalogue_dir
 from models.paths import LABELS_DIR, MARKETPLACE_DIR, REPO_ROOT, SHARED_DATA_DIRS  # noqa: F401 - re-exported
 
 ARTICLE_TYPE_TO_TARGET = LABELS_DIR / "article_type_to_target.yaml"
@@ -25,14 +25,8 @@ DEFAULT_MIN_COUNT = 20
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The catalogue folder: explicit argument, else SHELVER_DATA_DIR, else ../shared/data/..."""
-    path = Path(explicit or os.environ.get("SHELVER_DATA_DIR") or DEFAULT_DATA_DIR)
-    if not (path / "styles.csv").exists():
-        raise FileNotFoundError(
-            f"no catalogue at {path}: expected styles.csv and images/<id>.jpg "
-            "(the Kaggle fashion-product-images-small layout); set SHELVER_DATA_DIR or pass --data"
-        )
-    return path
+    """The catalogue folder (``models.paths.catalogue_dir``: argument, SHELVER_DATA_DIR, shared data)."""
+    return catalogue_dir(explicit)
 
 
 def load_catalogue(path: str | os.PathLike | None = None) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from consumer.config import Settings
 from consumer.adapters.kafka_io import make_producer, produce
 from consumer.logs import get_logger
 from consumer.cli.progress import progress
-from models.paths import DEFAULT_CATALOGUE_DIR
+from models.paths import catalogue_dir
 from schemas import ProductEvent
 from schemas.wire import make_codec
 
@@ -70,17 +70,6 @@ class CatalogueItem:
     image_path: str
     gender: str
     baseColour: str  # noqa: N815
-
-
-def catalogue_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The catalogue folder: explicit argument, else SHELVER_DATA_DIR, else ../shared/data/..."""
-    path = Path(explicit or os.environ.get("SHELVER_DATA_DIR") or DEFAULT_CATALOGUE_DIR)
-    if not (path / "styles.csv").exists():
-        raise FileNotFoundError(
-            f"no catalogue at {path}: expected styles.csv and images/<id>.jpg "
-            "(the Kaggle fashion-product-images-small layout); set SHELVER_DATA_DIR or pass --data"
-        )
-    return path
 
 
 def read_catalogue(path: str | os.PathLike | None = None) -> list[CatalogueItem]:
