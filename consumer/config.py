@@ -284,6 +284,21 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(5.0, ge=0, description="how often a configured `artifact_dir` pointer is checked "
                                  "for a new target (0: SIGHUP only)")
 
+    # Review console (`shelver review`, consumer/review/): its own consumer group on the review topic.
+    review_host: str = Field("127.0.0.1", description="address `shelver review` binds to")
+    review_port: int = Field(8090, ge=1, le=65535, description="HTTP port of `shelver review`")
+    review_group_id: str = Field("shelver-review", min_length=1, description="consumer group of `shelver review` "
+                                 "on the review topic (commits an item only once its correction is delivered)")
+    review_password_file: Path | None = Field(None, description="reviewers and their salted scrypt password hashes "
+                                              "for HTTP basic auth (`shelver review --add-user NAME`)")
+    review_trusted_header: str = Field("", description="request header naming the reviewer, set by a trusted "
+                                       "reverse proxy (e.g. `X-Forwarded-User`); when set it replaces basic "
+                                       "auth (empty: off)")
+    review_lease_s: float = Field(300.0, gt=0, description="how long an item shown to a reviewer is kept from "
+                                  "the others without a decision")
+    review_max_items: int = Field(200, ge=1, description="review items one `shelver review` holds before it "
+                                  "pauses reading")
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, *_file_sources(settings_cls), file_secret_settings)

@@ -1,4 +1,4 @@
-"""``shelver``: consume, replay, produce-sample, show, categorize (no Kafka), doctor, train, evaluate."""
+"""``shelver``: consume, replay, produce-sample, show, categorize (no Kafka), doctor, review, train, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check configuration, broker, topics, artifact, allow-list and device")
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     d.add_argument("--skip-artifact", action="store_true", help="skip loading the artifact and TensorFlow")
+
+    v = sub.add_parser("review", help="serve the review console on SHELVER_REVIEW_PORT (docs/human-in-the-loop.md)")
+    v.add_argument("--add-user", metavar="NAME", help="add or replace a reviewer in SHELVER_REVIEW_PASSWORD_FILE "
+                   "(password from the terminal or one line of stdin), then exit")
 
     x = sub.add_parser("taxonomy", help="change the target taxonomy without retraining")
     xs = x.add_subparsers(dest="taxonomy_command", required=True)
@@ -203,6 +207,11 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             for updater in updaters.values():
                 if updater is not None:
                     updater.stop()
+
+    if args.command == "review":
+        from consumer.review.cli import main as review
+
+        return review(settings, args.add_user)
 
     if args.command == "taxonomy":
         from consumer.cli.taxonomy_apply import apply_taxonomy
