@@ -1,12 +1,15 @@
 """Product image download: SSRF-safe, bounded in bytes, pixels, memory and time, and never raising on bad data.
 
 Image URLs come from sellers, so they are untrusted: only http(s) on ports 80/443 (other ports only
-when allow-listed); every resolved address of every hop (redirects are followed by hand) must be
-public unless allow-listed; the connection goes to exactly the addresses that were checked (no second
-DNS lookup to rebind); the body is streamed up to a byte cap.
+when allow-listed); every resolved address of every hop (redirects are followed by hand, never from
+https down to http) must be public unless allow-listed, an IPv4 address embedded in an IPv6 one
+(IPv4-mapped, IPv4-compatible, NAT64, 6to4) judged as that IPv4 address; the connection goes to
+exactly the addresses that were checked (no second DNS lookup to rebind); the body is streamed up to
+a byte cap.
 
 Time: one deadline per fetch (``image_total_timeout_s``) covers DNS, connect, every redirect hop,
-headers and body. Per-read timeouts alone let a server that drips one byte per second hold a fetch,
+headers and body. Names are resolved by the hosts file, then by dnspython's resolver with a lifetime
+(what is left of the deadline, at most the connect timeout): no thread waits on a hung lookup. Per-read timeouts alone let a server that drips one byte per second hold a fetch,
 and its whole batch, for minutes; here every socket operation waits at most until the deadline.
 :meth:`ImageFetcher.cancel` aborts in-flight downloads (their sockets are shut down), so a stopping
 service never waits for an image server.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import os
 import socket
 import threading
 import time
@@ -29,6 +33,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Sequence
 
+import dns.exception
+import dns.resolver
 import httpcore
 import httpx
 import structlog
@@ -45,14 +51,19 @@ MAX_REDIRECTS = 3
 STANDARD_PORTS = frozenset({80, 443})
 # What sellers upload; Pillow's other ~40 parsers (PSD, TGA, EPS, ...) are attack surface we do not need.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
-# Cloud instance-metadata endpoints: refused even when an allow-listed CIDR covers them.
+# Cloud instance-metadata endpoints (AWS, GCP, Azure 169.254.169.254; ECS; AWS IPv6; Alibaba; Oracle)
+# and Azure's wire server 168.63.129.16 (a public address every Azure VM reaches: agent, DNS, health):
+# refused even when an allow-listed CIDR covers them.
 METADATA_ADDRESSES = frozenset(
-    ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+    ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192",
+                            "168.63.129.16")
 )
-_NAT64 = ip_network("64:ff9b::/96")
+_NAT64 = ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address is the low 32 bits
+_IPV4_COMPATIBLE = ip_network("::/96")  # deprecated ::a.b.c.d (also :: and ::1, judged as 0.0.0.0/0.0.0.1)
+# Not globally routable though Python's tables call parts of it global (IANA: IETF protocol assignments).
+_NOT_GLOBAL = (ip_network("192.0.0.0/24"),)
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
-# Abandoned DNS lookups (past their deadline) still occupy a daemon thread until the resolver gives up.
-_MAX_PENDING_DNS = 64
+HOSTS_FILE = "/etc/hosts"
 
 # After decoding an image this large, hand freed heap memory back to the OS (see _release_freed_memory).
 _TRIM_AFTER_PIXELS = 4_000_000
@@ -87,14 +98,27 @@ class _Refused(Exception):
         self.reason = reason
 
 
+def embedded_ipv4(ip: IPv4Address | IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, which is where a packet to it ends up: IPv4-mapped
+    (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::``). None for an IPv4 address or an IPv6 address without one."""
+    if not isinstance(ip, IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(ip: IPv4Address | IPv6Address) -> bool:
-    """Globally routable unicast (IPv4 embedded in IPv6 is judged as the IPv4 address)."""
-    if isinstance(ip, IPv6Address):
-        if ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            ip = IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.is_global and not (
+    """Globally routable unicast; an IPv6 address that embeds an IPv4 address must pass as both."""
+    inner = embedded_ipv4(ip)
+    if inner is not None and not is_public(inner):
+        return False
+    return ip.is_global and not any(ip in net for net in _NOT_GLOBAL) and not (
         ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
         or ip.is_unspecified or ip in METADATA_ADDRESSES
     )
@@ -103,8 +127,9 @@ def is_public(ip: IPv4Address | IPv6Address) -> bool:
 def address_allowed(rules: Sequence[AllowRule], host: str, ip, port: int) -> str | None:
     """None if (host, ip, port) may be fetched, else the refusal reason (pure; the SSRF rule)."""
     host = host.lower().rstrip(".")
-    if ip in METADATA_ADDRESSES:
+    if ip in METADATA_ADDRESSES or embedded_ipv4(ip) in METADATA_ADDRESSES:
         return "blocked_address"
+    # Allow-list entries match the address as resolved: "10.0.0.0/8" does not admit ::ffff:10.0.0.1.
     if any(r.matches(host, ip, port) for r in rules):
         return None
     if not is_public(ip):
@@ -191,50 +216,95 @@ class _DeadlineStream(httpcore.NetworkStream):
             pass
 
 
+class _HostsFile:
+    """The hosts file, as getaddrinfo reads it before DNS (``localhost``, Kubernetes' own pod entries);
+    re-read when it changes."""
+
+    def __init__(self, path: str = HOSTS_FILE):
+        self._path = path
+        self._stamp: float | None = None
+        self._table: dict[str, list[IPv4Address | IPv6Address]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, host: str) -> list[IPv4Address | IPv6Address]:
+        try:
+            stamp = os.stat(self._path).st_mtime
+        except OSError:
+            return []
+        with self._lock:
+            if stamp != self._stamp:
+                self._table, self._stamp = self._read(), stamp
+            return self._table.get(host.lower().rstrip("."), [])
+
+    def _read(self) -> dict[str, list]:
+        table: dict[str, list] = {}
+        try:
+            lines = open(self._path, encoding="utf-8", errors="replace").read().splitlines()
+        except OSError:
+            return table
+        for line in lines:
+            fields = line.split("#", 1)[0].split()
+            if len(fields) < 2:
+                continue
+            try:
+                ip = ip_address(fields[0].split("%")[0])
+            except ValueError:
+                continue
+            for name in fields[1:]:
+                table.setdefault(name.lower().rstrip("."), []).append(ip)
+        return table
+
+
+def system_resolver() -> dns.resolver.Resolver:
+    """dnspython's resolver configured from /etc/resolv.conf (nameservers, search list, ndots), no cache."""
+    try:
+        return dns.resolver.Resolver()
+    except dns.resolver.NoResolverConfiguration:
+        log.warning("no DNS configuration (/etc/resolv.conf): image hosts resolve from the hosts file only")
+        return dns.resolver.Resolver(configure=False)
+
+
 class _GuardedBackend(httpcore.SyncBackend):
     """httpcore's socket backend that resolves once (within the deadline), checks every address and
     port, then connects only to those, through deadline-bound streams."""
 
-    def __init__(self, allowed: Sequence[str], scope: _Scope):
+    def __init__(self, allowed: Sequence[str], scope: _Scope, resolver: dns.resolver.Resolver | None = None):
         self._rules = [AllowRule.parse(entry) for entry in allowed]
         self._scope = scope
-        self._dns_slots = threading.BoundedSemaphore(_MAX_PENDING_DNS)
+        self._resolver = resolver or system_resolver()
+        self._hosts = _HostsFile()
 
-    def _getaddrinfo(self, host: str, port: int) -> list:
+    def _lookup(self, host: str, cap: float | None) -> list[IPv4Address | IPv6Address]:
+        """A name's addresses, IPv4 first: a literal as is, else the hosts file, else DNS (A, then AAAA),
+        every query bounded by what is left of the deadline (at most ``cap``)."""
         try:
-            ip_address(host)
+            return [ip_address(host.split("%")[0])]
         except ValueError:
             pass
-        else:  # a literal needs no lookup
-            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        # getaddrinfo has no timeout: run it in a daemon thread and stop waiting at the deadline.
-        if not self._dns_slots.acquire(blocking=False):
-            raise _Refused("dns_error")
-        box: dict = {}
-        done = threading.Event()
-
-        def lookup():
+        if known := self._hosts.lookup(host):
+            return sorted(known, key=lambda ip: ip.version)
+        found: list = []
+        for rdtype in ("A", "AAAA"):
+            lifetime = self._scope.time_left(cap, httpcore.ConnectTimeout)
             try:
-                box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except Exception as exc:
-                box["error"] = exc
-            finally:
-                self._dns_slots.release()
-                done.set()
+                answer = self._resolver.resolve(host, rdtype, search=True, lifetime=lifetime)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+                continue
+            except dns.exception.Timeout:
+                if found:  # a resolver that drops AAAA queries: the A answer stands
+                    break
+                raise httpcore.ConnectTimeout("DNS resolution ran past its lifetime") from None
+            except (dns.exception.DNSException, ValueError, UnicodeError):
+                if found:
+                    break
+                raise _Refused("dns_error") from None
+            found += [ip_address(r.address) for r in answer]
+        if not found:
+            raise _Refused("dns_error")
+        return found
 
-        threading.Thread(target=lookup, name="image-dns", daemon=True).start()
-        while not done.wait(min(0.1, self._scope.time_left(None, httpcore.ConnectTimeout) or 0.1)):
-            pass
-        if "error" in box:
-            raise box["error"]
-        return box["infos"]
-
-    def resolve(self, host: str, port: int) -> list[IPv4Address | IPv6Address]:
-        try:
-            infos = self._getaddrinfo(host, port)
-        except (socket.gaierror, UnicodeError):
-            raise _Refused("dns_error") from None
-        ips = list(dict.fromkeys(ip_address(info[4][0].split("%")[0]) for info in infos))
+    def resolve(self, host: str, port: int, cap: float | None = None) -> list[IPv4Address | IPv6Address]:
+        ips = list(dict.fromkeys(self._lookup(host, cap)))
         for ip in ips:
             reason = address_allowed(self._rules, host, ip, port)
             if reason:
@@ -243,7 +313,7 @@ class _GuardedBackend(httpcore.SyncBackend):
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         error = None
-        for ip in self.resolve(host, port):
+        for ip in self.resolve(host, port, timeout):
             try:
                 stream = super().connect_tcp(
                     str(ip), port, self._scope.time_left(timeout, httpcore.ConnectTimeout),
@@ -369,9 +439,11 @@ class ImageFetcher:
     model uses; without it images are returned at full size (still under the pixel cap and budget).
     ``fetch``/``fetch_many`` take the size per call too (the model the batch will be scored with,
     which a hot reload may have changed), so nothing shared is mutated and calls can overlap.
+    ``resolver``: the DNS resolver (default: the system's configuration, :func:`system_resolver`).
     """
 
-    def __init__(self, settings: Settings, target_size: tuple[int, int] | None = None):
+    def __init__(self, settings: Settings, target_size: tuple[int, int] | None = None, *,
+                 resolver: dns.resolver.Resolver | None = None):
         self._max_bytes = settings.image_max_bytes
         self._max_pixels = settings.image_max_pixels
         self._max_aspect = settings.image_max_aspect
@@ -383,7 +455,7 @@ class ImageFetcher:
         workers = max(1, settings.image_fetch_concurrency)
         # No proxy, ever (httpcore reads no environment): a proxy would connect on our behalf and
         # bypass the address check. Redirects are followed by hand, each hop checked.
-        self._pool = _guarded_pool(_GuardedBackend(settings.image_allowed_hosts, self._scope), workers)
+        self._pool = _guarded_pool(_GuardedBackend(settings.image_allowed_hosts, self._scope, resolver), workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
         self._closed = False
         self._stop_by = float("inf")  # set by cancel(grace_s): no fetch runs past it
@@ -481,7 +553,12 @@ class ImageFetcher:
                                        extensions={"timeout": timeouts}) as response:
                     headers = _Headers(response.headers)
                     if response.status in _REDIRECTS and headers.get("location"):
-                        target = _checked_url(str(target.join(headers.get("location"))))
+                        hop = _checked_url(str(target.join(headers.get("location"))))
+                        if target.scheme == "https" and hop.scheme == "http":
+                            # the rest of the chain (and the image) would travel in clear, and whoever
+                            # forged the plain-text hop chooses what comes next
+                            raise _Refused("insecure_redirect")
+                        target = hop
                         continue
                     if response.status != 200:
                         raise _Refused(f"http_{response.status}")
@@ -540,5 +617,5 @@ def _checked_url(url: str) -> httpx.URL:
 
 __all__ = [
     "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "address_allowed",
-    "decode_image", "is_public", "MAX_REDIRECTS", "STANDARD_PORTS",
+    "decode_image", "embedded_ipv4", "is_public", "system_resolver", "MAX_REDIRECTS", "STANDARD_PORTS",
 ]
