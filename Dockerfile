@@ -25,9 +25,10 @@ RUN pip install --no-deps /tmp/dist/shelver-*.whl && rm -rf /tmp/dist \
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 9464
-# Liveness of the running service (ops metrics endpoint); start-period covers TensorFlow import,
-# model load and warm-up (≈ 5 s on CPU, longer on a cold GPU).
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python3", "-m", "consumer.probe", "/healthz"]
+# Liveness (ops metrics endpoint): fails when the main loop or inference is stuck, and when the
+# process has been up past SHELVER_STARTUP_BUDGET_S (180 s) without starting its main loop, so a
+# hung model load is caught too; start-period covers TensorFlow import, model load and warm-up.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python3", "-m", "consumer.probe", "/livez"]
 # SIGTERM: finish in-flight batches, deliver, commit, exit (compose's stop_grace_period bounds it).
 STOPSIGNAL SIGTERM
 CMD ["shelver", "consume"]

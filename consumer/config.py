@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     auto_offset_reset: OffsetReset = Field("earliest", description="where a new group starts (librdkafka's "
                                            "values: `earliest`, `latest`, `error`, or their aliases)")
     max_poll_interval_ms: int = Field(300_000, ge=1, description="librdkafka `max.poll.interval.ms`")
+    drain_timeout_s: float = Field(30.0, gt=0, description="the longest a drain (on revoke, on lost partitions, at "
+                                   "stop) may wait for batches in flight; past it, or when the inference thread is "
+                                   "gone, the service exits 1 without committing them")
+    transaction_timeout_s: float = Field(15.0, gt=0, description="exactly-once: the longest each transactional step "
+                                         "(delivering a transaction's records, sending its offsets, committing it) "
+                                         "may take, retries included; past it the service exits 1 without committing")
     kafka_options: dict[str, str] = Field(
         default_factory=dict, description="librdkafka options passed through unchanged (security.protocol, sasl.*, "
         "ssl.*); they override the consumer's fetch defaults (`fetch.wait.max.ms` 50, `fetch.min.bytes` 65536) "
@@ -272,15 +278,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{shown} has no manifest.json (not a trained artifact folder)")
         return v
 
-    # Operations (ops-metrics): Prometheus /metrics, /healthz, /readyz on one port; model reload.
-    metrics_port: int = Field(9464, ge=0, le=65535, description="HTTP port of `/metrics`, `/healthz`, `/readyz` "
-                              "(0: off)")
+    # Operations (ops-metrics): Prometheus /metrics, /startupz, /livez (/healthz), /readyz on one port; model reload.
+    metrics_port: int = Field(9464, ge=0, le=65535, description="HTTP port of `/metrics`, `/startupz`, `/livez` "
+                              "(`/healthz`), `/readyz` (0: off)")
     metrics_host: str = Field("0.0.0.0", description="address that port binds to (probes and scrapers come from "
                               "outside the container or pod)")
     stats_interval_ms: int = Field(5000, ge=0, description="librdkafka `statistics.interval.ms`: how fresh "
                                    "`shelver_consumer_lag` is (0: no lag metric)")
-    liveness_stall_s: float = Field(120.0, gt=0, description="`/healthz` fails when the main loop, or inference "
-                                    "on one batch, makes no progress for this long")
+    liveness_stall_s: float = Field(120.0, gt=0, description="`/livez` (`/healthz`) fails when the main loop, or "
+                                    "inference on one batch, makes no progress for this long")
+    startup_budget_s: float = Field(180.0, gt=0, description="`/livez` (`/healthz`) fails when the process has been "
+                                    "up this long without starting its main loop (a hung model load); `/startupz` "
+                                    "answers 200 once the loop runs")
     reload_poll_s: float = Field(5.0, ge=0, description="how often a configured `artifact_dir` pointer is checked "
                                  "for a new target (0: SIGHUP only)")
 

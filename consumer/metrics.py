@@ -7,8 +7,10 @@ that mirror service state (batches in flight, paused partitions, consumer lag) a
 scrape time, so the hot path only increments counters.
 
 Endpoints (``SHELVER_METRICS_PORT``, default 9464; 0: none): ``/metrics`` (Prometheus text),
-``/healthz`` (liveness: 200 unless the main loop or the inference thread is stuck) and
-``/readyz`` (readiness: models loaded and warmed, group joined, no pipeline failure).
+``/startupz`` (start-up: 200 once the main loop runs, i.e. the models are loaded and warmed),
+``/livez`` and its older name ``/healthz`` (liveness: 200 unless the main loop or the inference
+thread is stuck, or the process has been up past ``startup_budget_s`` without starting its main
+loop) and ``/readyz`` (readiness: models loaded and warmed, group joined, no pipeline failure).
 """
 from __future__ import annotations
 
@@ -56,13 +58,23 @@ def image_outcome(image_error: str | None) -> str:
 
 
 class Heartbeats:
-    """Liveness from progress marks: the main loop beats every iteration; the inference thread is
-    only suspect while it holds a batch (idly waiting on an empty queue is alive)."""
+    """Start-up and liveness from progress marks: the main loop beats every iteration; the inference
+    thread is only suspect while it holds a batch (idly waiting on an empty queue is alive). Model
+    loading is not a stall, but it has a budget: up past ``startup_budget_s`` without a first beat
+    (a hung load, a wedged start-up) is not alive either."""
 
-    def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic):
-        self.stall_s, self.clock = stall_s, clock
-        self.main_beat: float | None = None  # None until the loop runs (model loading is not a stall)
+    def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic,
+                 startup_budget_s: float | None = None):
+        self.stall_s, self.clock, self.startup_budget_s = stall_s, clock, startup_budget_s
+        self.born = clock()  # the process is starting (Metrics is made before the models load)
+        self.main_beat: float | None = None  # None until the loop runs
         self.infer_since: float | None = None  # when the current batch entered inference
+
+    def startup(self) -> list[str]:
+        """Why the service has not started yet: empty once its main loop has run."""
+        if self.main_beat is not None:
+            return []
+        return [f"main loop not started after {self.clock() - self.born:.0f}s (models loading?)"]
 
     def beat(self) -> None:
         self.main_beat = self.clock()
@@ -73,6 +85,9 @@ class Heartbeats:
     def problems(self) -> list[str]:
         now, out = self.clock(), []
         main, infer = self.main_beat, self.infer_since  # read once: other threads write them
+        if main is None and self.startup_budget_s is not None and now - self.born > self.startup_budget_s:
+            out.append(f"main loop not started within the start-up budget of {self.startup_budget_s:.0f}s "
+                       f"(up {now - self.born:.0f}s)")
         if main is not None and now - main > self.stall_s:
             out.append(f"main loop made no progress for {now - main:.0f}s")
         if infer is not None and now - infer > self.stall_s:
@@ -98,7 +113,8 @@ def readiness_problems(*, model_loaded: bool, joined: bool, failure: str | None,
 class Metrics:
     """All metrics of one service instance in their own registry (tests run several per process)."""
 
-    def __init__(self, *, stall_s: float = 120.0, registry: CollectorRegistry | None = None):
+    def __init__(self, *, stall_s: float = 120.0, startup_budget_s: float | None = None,
+                 registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self.events_consumed = Counter("shelver_events_consumed", "Events formed into batches, per input topic",
                                        ["topic"], registry=r)
@@ -129,7 +145,7 @@ class Metrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.model_info = Info("shelver_model", "The categorizer being served", registry=r)
         r.register(_StateCollector(self))
-        self.heartbeats = Heartbeats(stall_s)
+        self.heartbeats = Heartbeats(stall_s, startup_budget_s=startup_budget_s)
         self.model_loaded = False
         self.joined = False
         self.lag: dict[tuple[str, int], int] = {}
@@ -200,6 +216,9 @@ class Metrics:
                 self.event_latency.observe(max(0.0, delivered_wall - ts_ms / 1000))
 
     # probes
+    def startup(self) -> list[str]:
+        return self.heartbeats.startup()
+
     def liveness(self) -> list[str]:
         return self.heartbeats.problems()
 
@@ -246,6 +265,9 @@ class _StateCollector:
 
 
 # ---- HTTP --------------------------------------------------------------------------------------
+_PROBES = {"/startupz": "startup", "/livez": "liveness", "/healthz": "liveness", "/readyz": "readiness"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
 
@@ -254,8 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
         m = self.server.metrics
         if path == "/metrics":
             self._send(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
-        elif path in ("/healthz", "/readyz"):
-            problems = m.liveness() if path == "/healthz" else m.readiness()
+        elif path in _PROBES:
+            problems = getattr(m, _PROBES[path])()
             body = json.dumps({"status": "fail" if problems else "ok", "problems": problems}).encode()
             self._send(503 if problems else 200, body, "application/json")
         else:
@@ -278,10 +300,11 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(metrics: Metrics, host: str, port: int) -> _Server:
-    """Serve /metrics, /healthz and /readyz from a daemon thread; ``port`` 0 picks a free one."""
+    """Serve /metrics and the probes (/startupz, /livez = /healthz, /readyz) from a daemon thread; ``port`` 0
+    picks a free one."""
     server = _Server((host, port), _Handler)
     server.metrics = metrics
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics endpoint", address=f"{host}:{server.server_address[1]}",
-             paths=["/metrics", "/healthz", "/readyz"])
+             paths=["/metrics", *_PROBES])
     return server

@@ -1,4 +1,4 @@
-"""``python -m consumer.probe [/healthz]``: the container's HEALTHCHECK, without curl in the image.
+"""``python -m consumer.probe [/livez]``: the container's HEALTHCHECK, without curl in the image.
 
 Exit 0 when the service's health endpoint (127.0.0.1:SHELVER_METRICS_PORT, default 9464)
 answers 2xx within the timeout, 1 otherwise, with the reason on stderr (Docker keeps it in
@@ -24,7 +24,7 @@ def probe(url: str, timeout_s: float = 4.0) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = (argv if argv is not None else sys.argv[1:] or ["/healthz"])[0]
+    path = (argv if argv is not None else sys.argv[1:] or ["/livez"])[0]
     url = f"http://127.0.0.1:{os.environ.get('SHELVER_METRICS_PORT', '9464')}{path}"
     problem = probe(url)
     if problem:

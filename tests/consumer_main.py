@@ -1,7 +1,7 @@
 """``shelver`` with the small test model instead of a trained artifact, for subprocess tests.
 
 ``TINY_DELAY_S`` makes every batch's inference take at least that long, so a signal reliably
-lands mid-stream.
+lands mid-stream; ``TINY_STARTED`` names a file created when the first inference starts.
 """
 import os
 import sys
@@ -14,6 +14,8 @@ from consumer.cli import main
 
 class SlowTiny(TinyCategorizer):
     def categorize(self, texts, images):
+        if started := os.environ.get("TINY_STARTED"):
+            open(started, "a").close()
         time.sleep(float(os.environ.get("TINY_DELAY_S", "0")))
         return super().categorize(texts, images)
 

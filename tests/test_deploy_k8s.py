@@ -49,8 +49,14 @@ def test_deployment_gives_each_pod_one_gpu_probes_and_a_grace_period():
     spec = load("deployment.yaml")["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/startupz"  # 200 only once the main loop runs
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    startup = container["startupProbe"]
+    from consumer.config import Settings
+
+    # the kubelet waits as long as the service's own start-up budget, past which /livez fails anyway
+    assert startup["periodSeconds"] * startup["failureThreshold"] == Settings.model_fields["startup_budget_s"].default
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e for e in container["env"]}
     assert ports[container["livenessProbe"]["httpGet"]["port"]] == int(env["SHELVER_METRICS_PORT"]["value"])

@@ -72,6 +72,48 @@ def test_liveness_fails_only_when_a_loop_is_stuck_longer_than_the_bound():
     assert hb.problems() == ["main loop made no progress for 11s"]
 
 
+def test_startup_passes_once_the_main_loop_runs_and_liveness_fails_past_the_startup_budget_without_it():
+    clock = Clock()
+    hb = Heartbeats(stall_s=10, clock=clock, startup_budget_s=100)
+    clock.t += 99  # loading for 99 s: alive, not started
+    assert hb.problems() == [] and hb.startup() == ["main loop not started after 99s (models loading?)"]
+    clock.t += 2
+    assert hb.problems() == ["main loop not started within the start-up budget of 100s (up 101s)"]
+    hb.beat()
+    assert hb.problems() == [] and hb.startup() == []
+    assert Heartbeats(stall_s=10, clock=clock).problems() == []  # no budget: loading is never a failure
+
+
+def test_probe_endpoints_startupz_livez_healthz_and_readyz_answer_their_own_question():
+    import json
+    import urllib.error
+    import urllib.request
+
+    from consumer.metrics import serve
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"{base}{path}", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    clock = Clock()
+    metrics = Metrics(stall_s=10, startup_budget_s=30)
+    metrics.heartbeats = Heartbeats(stall_s=10, clock=clock, startup_budget_s=30)
+    server = serve(metrics, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert get("/startupz")[0] == 503 and get("/livez")[0] == 200 and get("/healthz")[0] == 200
+        clock.t += 31  # a hung load
+        assert get("/livez")[0] == 503 and get("/healthz")[0] == 503 and get("/startupz")[0] == 503
+        metrics.heartbeats.beat()
+        assert get("/startupz") == (200, {"status": "ok", "problems": []}) and get("/livez")[0] == 200
+        assert get("/readyz")[0] == 503  # models not loaded, group not joined
+    finally:
+        server.shutdown()
+
+
 def test_readiness_lists_every_unmet_condition():
     ok = dict(model_loaded=True, joined=True, failure=None, stopping=False)
     assert readiness_problems(**ok) == []

@@ -97,6 +97,9 @@ def test_readyz_turns_ready_once_models_are_loaded_and_the_group_is_joined(setti
         assert code == 503
         assert json.loads(body)["problems"] == ["models not loaded and warmed", "consumer group not joined"]
         assert http_get(f"{base}/healthz")[0] == 200  # loading is not a stall
+        assert http_get(f"{base}/livez")[0] == 200
+        code, body = http_get(f"{base}/startupz")  # but it is not started either
+        assert code == 503 and json.loads(body)["problems"][0].startswith("main loop not started")
         model = TinyCategorizer()
         metrics.set_model(model)
         assert json.loads(http_get(f"{base}/readyz")[1])["problems"] == ["consumer group not joined"]
@@ -106,6 +109,7 @@ def test_readyz_turns_ready_once_models_are_loaded_and_the_group_is_joined(setti
         wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, what="readiness")
         assert json.loads(http_get(f"{base}/readyz")[1]) == {"status": "ok", "problems": []}
         assert http_get(f"{base}/healthz")[0] == 200
+        assert http_get(f"{base}/startupz")[0] == 200 and http_get(f"{base}/livez")[0] == 200
         assert http_get(f"{base}/nope")[0] == 404
         svc.stop()  # draining for shutdown: no new traffic
         assert "stopping" in json.loads(http_get(f"{base}/readyz")[1])["problems"]
@@ -116,6 +120,26 @@ def test_readyz_turns_ready_once_models_are_loaded_and_the_group_is_joined(setti
             svc.stop()
             t.join(60)
         server.shutdown()
+
+
+def test_a_hung_model_load_fails_liveness_past_the_startup_budget_while_startup_never_passes(settings, tmp_path):
+    """A load that never ends must not look alive forever: the Docker HEALTHCHECK and the kubelet restart it."""
+    s = settings()
+    port = free_port()
+    proc = ops_proc(s, port, tmp_path / "consume.log", TINY_LOAD_DELAY_S="120", SHELVER_STARTUP_BUDGET_S="3")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_get(f"{base}/startupz")[0] is not None, 60, "the probe endpoint")
+        assert http_get(f"{base}/startupz")[0] == 503
+        code, body = http_get(f"{base}/livez")
+        if code == 200:  # still within the budget: loading is not a stall
+            code, body = wait_for(lambda: (r := http_get(f"{base}/livez"))[0] == 503 and r, 30, "liveness to fail")
+        assert code == 503 and "start-up budget of 3s" in json.loads(body)["problems"][0]
+        assert http_get(f"{base}/healthz")[0] == 503 and http_get(f"{base}/startupz")[0] == 503
+        assert http_get(f"{base}/readyz")[0] == 503
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class BlockingTiny(TinyCategorizer):

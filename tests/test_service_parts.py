@@ -278,7 +278,8 @@ def test_transactional_aborts_a_round_with_a_refused_record_and_resends_it_repla
     d._new_producer = lambda: second
     batch = one_result_batch()
     d.emit(batch)
-    assert ("abort_transaction", 30) in first.calls and ("init_transactions", 60) in second.calls
+    timeouts = {c[0]: c[1] for c in first.calls + second.calls if c[0] in ("abort_transaction", "init_transactions")}
+    assert 29 < timeouts["abort_transaction"] <= 30 and 59 < timeouts["init_transactions"] <= 60
     assert [o.kind for o in batch.outs] == ["dlq"] and second.sent[0][0] == "dlq" and settled == [1]
 
 
@@ -309,6 +310,81 @@ def test_transactional_calls_retry_retriable_errors_and_stop_on_fatal_ones():
 
     with pytest.raises(PipelineFailed, match="fenced"):
         d._txn(fenced)
+
+
+def test_every_transactional_step_has_a_deadline_for_all_its_attempts_together():
+    d, _, _ = delivery(Transactional, Producer())
+    d.step_s = 0.3
+    calls = []
+
+    def coordinator_unreachable(*args):  # librdkafka's answer when the step's timeout runs out
+        calls.append(args[-1])
+        time.sleep(min(args[-1], 0.1))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, retriable=True))
+
+    t0 = time.monotonic()
+    with pytest.raises(PipelineFailed, match="not done within 0.3 s"):
+        d._txn(coordinator_unreachable, timeout_s=d.step_s)
+    assert time.monotonic() - t0 < 0.6 and all(0 < t <= 0.3 for t in calls)  # each attempt gets what is left
+    calls.clear()
+    d.producer.send_offsets_to_transaction = coordinator_unreachable
+    d.txn_open = True
+    with pytest.raises(PipelineFailed, match="not done within 0.3 s"):
+        d.commit(Committer(), ["offsets"])
+    assert calls and all(0 < t <= 0.3 for t in calls)  # send_offsets_to_transaction got a timeout
+    calls.clear()
+    d.producer.send_offsets_to_transaction = lambda *a: None
+    d.producer.commit_transaction = coordinator_unreachable
+    with pytest.raises(PipelineFailed, match="not done within 0.3 s"):
+        d.commit(Committer(), ["offsets"])
+    assert calls and all(0 < t <= 0.3 for t in calls)  # and commit_transaction
+
+
+def test_a_transaction_whose_records_are_not_delivered_by_the_deadline_stops_without_settling():
+    class Unreachable(Producer):
+        def flush(self, timeout=None):
+            self.calls.append(("flush", timeout))
+            return len(self.pending)  # nothing was delivered
+
+    p = Unreachable()
+    d, _, settled = delivery(Transactional, p)
+    d.step_s = 0.5
+    with pytest.raises(PipelineFailed, match="not delivered within 0.5 s"):
+        d.emit(one_result_batch())
+    assert ("flush", 0.5) in p.calls and not settled and d.txn_open  # the shutdown aborts it
+
+
+class Draining:
+    """The parts of the service a drain's checks read."""
+
+    def __init__(self, alive, inflight, deadline):
+        from consumer.service.rebalance import Rebalancing
+
+        self.check = Rebalancing._check_waits.__get__(self)
+        self.worker = type("W", (), {"alive": lambda _: alive})()
+        self.metrics = type("M", (), {"heartbeats": type("H", (), {"beat": lambda _: None})()})()
+        self.s, self.inflight, self.drain_deadline = settings(drain_timeout_s=1), inflight, deadline
+
+
+def test_a_drain_past_its_deadline_or_waiting_on_a_dead_inference_thread_fails():
+    waiting, inferred = scored_batch([decode(CODEC, event_msg())]), scored_batch([decode(CODEC, event_msg())])
+    waiting.inferred, inferred.inferred = False, True
+    Draining(alive=True, inflight=[waiting], deadline=time.monotonic() + 5).check()  # within its deadline
+    with pytest.raises(PipelineFailed, match="drain not done within drain_timeout_s=1 s .1 batches in flight, 1 not"):
+        Draining(alive=True, inflight=[waiting], deadline=time.monotonic() - 0.1).check()
+    with pytest.raises(PipelineFailed, match="inference thread is gone"):
+        Draining(alive=False, inflight=[waiting], deadline=None).check()
+    Draining(alive=False, inflight=[inferred], deadline=None).check()  # nothing waits on it: not a failure
+
+
+def test_the_worker_is_alive_until_its_thread_ends():
+    worker = InferenceWorker(1, type("H", (), {"inference": lambda *a, **k: None})())
+    assert worker.alive()  # not started yet: nothing waits on it
+    worker.start()
+    assert worker.alive()
+    worker.stop()
+    worker.thread.join(5)
+    assert not worker.alive()
 
 
 # ---- the inference worker ---------------------------------------------------------------------

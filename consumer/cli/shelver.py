@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         from consumer.service import Service
 
         # ops-metrics: the probes answer (alive, not ready) while the models load; SIGHUP reloads them.
-        metrics = Metrics(stall_s=settings.liveness_stall_s)
+        metrics = Metrics(stall_s=settings.liveness_stall_s, startup_budget_s=settings.startup_budget_s)
         try:
             server = serve(metrics, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
         except OSError as exc:

@@ -10,7 +10,9 @@ transaction; a transaction doomed by a refused record is aborted and retried wit
 replaced; a fenced or otherwise failed transaction stops the service without committing.
 
 The service loop calls only ``start``, ``emit``, ``poll``, ``commit``, ``abort`` and ``close``
-and never asks which guarantee it runs under. Every Kafka timeout of the delivery path is below.
+and never asks which guarantee it runs under. Every Kafka timeout of the delivery path is below;
+every transactional step has a deadline (``transaction_timeout_s``, retries included): past it the
+step raises ``PipelineFailed`` and the service exits 1 without committing.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ log = get_logger("shelver.service")
 # ---- every timeout and retry count of the delivery path --------------------------------------------
 INIT_TIMEOUT_S = 60  # init_transactions: fences older epochs, waits for the broker to finish an abort
 ROUND_ABORT_TIMEOUT_S = 30  # aborting a transaction doomed by a refused record, before the next round
-CLOSE_ABORT_TIMEOUT_S = 10  # aborting the open transaction after a failure, at shutdown
-CLOSE_FLUSH_TIMEOUT_S = 10  # delivering what is queued at shutdown
+CLOSE_ABORT_TIMEOUT_S = 10  # aborting the open transaction after a failure, at shutdown (at most)
+CLOSE_FLUSH_TIMEOUT_S = 10  # delivering what is queued at shutdown (at most)
+# flush, send_offsets_to_transaction, commit_transaction: settings.transaction_timeout_s each, retries included
 TXN_ATTEMPTS = 5  # a transactional call that fails retriably is tried this often
 COMMIT_ATTEMPTS = 3  # at-least-once: a consumer commit that fails retriably is tried this often
 IDLE_ROUNDS = 2  # exactly-once: rounds failing only from purged records before the batch is given up
@@ -72,11 +75,11 @@ class Delivery:
         """Commit these offsets of ``consumer``'s group: every record before them has been delivered."""
         raise NotImplementedError
 
-    def abort(self) -> None:
+    def abort(self, timeout_s: float = CLOSE_ABORT_TIMEOUT_S) -> None:
         """After a failure: make sure nothing not yet committed becomes committed."""
 
-    def close(self) -> None:
-        self.producer.flush(CLOSE_FLUSH_TIMEOUT_S)
+    def close(self, timeout_s: float = CLOSE_FLUSH_TIMEOUT_S) -> None:
+        self.producer.flush(max(0.0, min(timeout_s, CLOSE_FLUSH_TIMEOUT_S)))
 
     # ---- producing, and replacing a record refused for itself alone ------------------------------
     def _send(self, batch: Batch, out: Out) -> None:
@@ -143,12 +146,13 @@ class Transactional(Delivery):
         super().__init__(settings, builder, metrics, fail)
         self.settle = settle
         self.txn_open = False
+        self.step_s = settings.transaction_timeout_s  # each transactional step's deadline, retries included
 
     def _new_producer(self):
         return make_producer(self.s, transactional=True)
 
     def start(self) -> None:  # fences older epochs of this transactional.id and aborts their open transaction
-        self._txn(self.producer.init_transactions, INIT_TIMEOUT_S)
+        self._txn(self.producer.init_transactions, timeout_s=INIT_TIMEOUT_S)
 
     def emit(self, batch: Batch) -> None:
         """The batch's records, then (in ``commit``) its offsets, in one transaction.
@@ -165,10 +169,14 @@ class Transactional(Delivery):
             for out in batch.outs:
                 self._send(batch, out)
             batch.emitted = time.perf_counter()
-            self.producer.flush()  # every delivery report of this transaction is in
+            # Every delivery report of this transaction is in, or the deadline has passed (an unreachable
+            # broker or transaction coordinator): guarantee: then stop without committing.
+            if self.producer.flush(self.step_s) > 0:
+                raise PipelineFailed(f"transaction's records not delivered within {self.step_s:g} s "
+                                     f"(broker or transaction coordinator unreachable?)")
             if not batch.swaps and not batch.txn_errors and batch.pending == 0:
                 return self.settle()  # commits the transaction with the offsets
-            self._txn(self.producer.abort_transaction, ROUND_ABORT_TIMEOUT_S)  # guarantee: none of its records visible
+            self._txn(self.producer.abort_transaction, timeout_s=ROUND_ABORT_TIMEOUT_S)  # guarantee: none of its records visible
             self.txn_open = False
             idle_rounds = 0 if batch.swaps else idle_rounds + 1
             if not all(e.code() in _PURGED for e in batch.txn_errors) or idle_rounds > IDLE_ROUNDS:
@@ -178,22 +186,23 @@ class Transactional(Delivery):
             self.producer = self._new_producer()
             # guarantee: waits until the broker has finished the abort (its markers written; a topic
             # limit under 78 bytes can never take one: CONCURRENT_TRANSACTIONS until we stop: docs/delivery-guarantees.md).
-            self._txn(self.producer.init_transactions, INIT_TIMEOUT_S)
+            self._txn(self.producer.init_transactions, timeout_s=INIT_TIMEOUT_S)
 
     def commit(self, consumer, parts: list[TopicPartition]) -> None:
         if not self.txn_open:
             return  # exactly-once: offsets are only ever committed inside a batch's transaction
         if parts:  # guarantee: the offsets commit with the records, or neither does
-            self._txn(self.producer.send_offsets_to_transaction, parts, consumer.consumer_group_metadata())
-        self._txn(self.producer.commit_transaction)
+            self._txn(self.producer.send_offsets_to_transaction, parts, consumer.consumer_group_metadata(),
+                      timeout_s=self.step_s)
+        self._txn(self.producer.commit_transaction, timeout_s=self.step_s)
         self.txn_open = False
         if parts:
             self.metrics.commits.inc()
 
-    def abort(self) -> None:
+    def abort(self, timeout_s: float = CLOSE_ABORT_TIMEOUT_S) -> None:
         if self.txn_open:  # after a failure: its records never become visible, its offsets never commit
             try:
-                self.producer.abort_transaction(CLOSE_ABORT_TIMEOUT_S)
+                self.producer.abort_transaction(max(0.0, min(timeout_s, CLOSE_ABORT_TIMEOUT_S)))
             except KafkaException as exc:
                 log.warning("abort failed; the broker aborts it on timeout or at our restart", error=str(exc))
 
@@ -209,11 +218,16 @@ class Transactional(Delivery):
         else:
             batch.swaps[id(out)] = replacement
 
-    def _txn(self, call, *args) -> None:
-        """A transactional call; a fenced instance or an abortable failure stops without committing."""
+    def _txn(self, call, *args, timeout_s: float | None = None) -> None:
+        """A transactional call; a fenced instance, an abortable failure or a missed deadline (``timeout_s``
+        for all attempts together, each attempt given what is left) stops without committing."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for _ in range(TXN_ATTEMPTS):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
             try:
-                return call(*args)
+                return call(*args) if left is None else call(*args, left)
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.retriable() and not err.fatal() and not err.txn_requires_abort():
@@ -221,6 +235,9 @@ class Transactional(Delivery):
                 if err.fatal():  # e.g. fenced by a newer instance with the same transactional.id
                     raise PipelineFailed(f"fatal transactional error (fenced?): {err}") from exc
                 raise PipelineFailed(f"transaction failed: {err}") from exc
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PipelineFailed(f"{call.__name__} not done within {timeout_s:g} s "
+                                 f"(broker or transaction coordinator unreachable?)")
         raise PipelineFailed(f"transactional call kept failing: {call.__name__}")
 
 

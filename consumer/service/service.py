@@ -150,7 +150,7 @@ class Service(Rebalancing):
 
     def _pump(self) -> None:
         """Produce finished batches in consume order, serve delivery reports, commit what is complete."""
-        self.metrics.heartbeats.beat()
+        self._check_waits()  # a heartbeat; guarantee: no wait past its deadline, none on a dead inference thread
         if self.reloader is not None:  # batches keep the model they were formed with
             self.model = self.reloader.swap(self.model)
         self.worker.finished()

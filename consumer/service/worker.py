@@ -38,6 +38,10 @@ class InferenceWorker:
     def start(self) -> None:
         self.thread.start()
 
+    def alive(self) -> bool:
+        """The thread runs (or was never started: nothing to wait for yet)."""
+        return self.thread.ident is None or self.thread.is_alive()
+
     def idle(self) -> bool:
         """Nothing is queued for the model."""
         return self.todo.empty()

@@ -1,0 +1,130 @@
+"""Every wait on the main thread has a deadline (issue 16, item 1), against the real broker.
+
+A wedged inference thread must not hold a SIGTERM until SIGKILL, nor a rebalance for
+``max.poll.interval.ms``: the drain gives up after ``drain_timeout_s`` and the service exits 1
+without committing. An unreachable transaction coordinator (the broker frozen with SIGSTOP) must
+not hold an exactly-once transaction's flush or commit: each step gives up after
+``transaction_timeout_s``. The figures printed here are the ones quoted in the closing note.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer
+from kafka_helpers import TESTS, committed, make_events, read_topic, run_service, wait_for
+from tiny_categorizer import TinyCategorizer
+
+from consumer.cli.sample import publish
+from consumer.config import Settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+REPO = TESTS.parent
+
+
+class Wedged(TinyCategorizer):
+    """An inference that never returns until the test lets it go."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def categorize(self, texts, images):
+        self.entered.set()
+        self.release.wait()
+        return super().categorize(texts, images)
+
+
+def _proc(s: Settings, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, "SHELVER_LOG_LEVEL": "WARNING", **env_extra}
+    for name in ("bootstrap_servers", "group_id", "input_topic", "replay_topic", "output_topic", "dlq_topic",
+                 "max_batch_size", "max_batch_wait_ms"):
+        env[f"SHELVER_{name.upper()}"] = str(getattr(s, name))
+    env["SHELVER_IMAGE_ALLOWED_HOSTS"] = json.dumps(s.image_allowed_hosts)
+    return subprocess.Popen([sys.executable, str(TESTS / "consumer_main.py"), "consume"], env=env)
+
+
+def test_sigterm_with_a_wedged_inference_exits_1_within_the_drain_deadline_without_committing(
+        settings, image_base, tmp_path):
+    s = settings(max_batch_size=4)
+    publish(s, make_events(8, image_base))
+    started = tmp_path / "inference-started"
+    proc = _proc(s, {"TINY_DELAY_S": "3600", "TINY_STARTED": str(started), "SHELVER_DRAIN_TIMEOUT_S": "3"})
+    try:
+        wait_for(started.exists, 120, "the first inference to start")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)  # before: never (the drain waited for the wedged batch until SIGKILL)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    print(f"wedged inference: SIGTERM to exit {took:.1f} s (drain_timeout_s=3), rc={rc}")
+    assert rc == 1 and took < 3 + 15
+    assert sum(committed(s).values()) == 0  # nothing was delivered: nothing committed
+
+
+def test_a_revoke_with_a_wedged_inference_gives_up_at_the_drain_deadline_and_frees_the_partitions(
+        settings, image_base):
+    s = settings(max_batch_size=4, drain_timeout_s=2, kafka_options={"session.timeout.ms": "6000"})
+    publish(s, make_events(8, image_base))
+    model = Wedged()
+    svc, t = run_service(s, model)
+    other = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id,
+                      "enable.auto.commit": False, "session.timeout.ms": 6000})
+    try:
+        assert model.entered.wait(120), "the first inference never started"
+        t0 = time.monotonic()
+        other.subscribe([s.input_topic, s.replay_topic])  # a second member: the first must revoke and drain
+        while t.is_alive() and time.monotonic() - t0 < 60:
+            other.poll(0.2)
+        took = time.monotonic() - t0
+        assert not t.is_alive(), "the drain on revoke never gave up"  # before: it waited for the wedged batch
+        print(f"wedged inference: revoke to exit {took:.1f} s (drain_timeout_s=2), rc={svc.rc}")
+        assert svc.rc == 1 and "drain not done within" in svc.failure
+        # The partitions move on: the other member gets the whole input topic, nothing was committed.
+        wait_for(lambda: (other.poll(0.2), len([p for p in other.assignment() if p.topic == s.input_topic]) == 3)[1],
+                 60, "the other member to own every input partition")
+        assert sum(committed(s).values()) == 0
+    finally:
+        model.release.set()
+        other.close()
+
+
+def _broker_pid(bootstrap: str) -> int:
+    port = bootstrap.rsplit(":", 1)[1]
+    return int((REPO / ".kafka" / f"test-{port}" / "kafka.pid").read_text())
+
+
+def test_an_unreachable_transaction_coordinator_stops_exactly_once_within_the_transaction_deadline(
+        settings, image_base, kafka_bootstrap):
+    pid = _broker_pid(kafka_bootstrap)
+    frozen: list[float] = []
+
+    class FreezesTheBroker(TinyCategorizer):
+        def categorize(self, texts, images):
+            if not frozen:  # the coordinator (the one broker) stops answering before the batch's transaction
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(time.monotonic())
+            return super().categorize(texts, images)
+
+    s = settings(max_batch_size=4, processing_guarantee="exactly_once", transaction_timeout_s=3)
+    publish(s, make_events(4, image_base))
+    svc, t = run_service(s, FreezesTheBroker())
+    try:
+        wait_for(lambda: frozen, 120, "the first inference")
+        t.join(90)  # before: flush() waited for the records' own timeout, then the abort's retries
+        took = time.monotonic() - frozen[0]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert not t.is_alive(), "the transaction never gave up"
+    print(f"unreachable coordinator: freeze to exit {took:.1f} s (transaction_timeout_s=3), rc={svc.rc}")
+    assert svc.rc == 1 and "within 3 s" in svc.failure
+    assert took < 3 + 25  # the step's deadline, then the bounded abort and close
+    assert sum(committed(s).values()) == 0
+    assert read_topic(s, s.output_topic, 1, timeout=5, settle=0) == []  # read_committed: nothing visible
