@@ -4,10 +4,10 @@ from __future__ import annotations
 from html import escape
 
 
-def bar_chart(rows: list[tuple[str, float]], *, title: str, width: int = 560, fmt: str = "{:g}",
+def bar_chart(rows: list[tuple[str, float]], *, title: str, width: int = 400, fmt: str = "{:g}",
               max_value: float | None = None) -> str:
     """Horizontal bars, one row per (label, value); ``max_value`` fixes the scale (e.g. 1 for shares)."""
-    row_h, label_w, pad = 22, 150, 6
+    row_h, label_w, pad = 22, 120, 6
     height = max(1, len(rows)) * row_h + 2 * pad
     top = max_value if max_value is not None else max((v for _, v in rows), default=0) or 1
     bar_w = width - label_w - 70
@@ -25,7 +25,7 @@ def bar_chart(rows: list[tuple[str, float]], *, title: str, width: int = 560, fm
     return "".join(parts)
 
 
-def column_chart(rows: list[tuple[str, float]], *, title: str, width: int = 560, height: int = 160) -> str:
+def column_chart(rows: list[tuple[str, float]], *, title: str, width: int = 400, height: int = 160) -> str:
     """Vertical columns over time (e.g. decisions per hour); every fourth label is written."""
     pad, base = 20, height - 22
     top = max((v for _, v in rows), default=0) or 1

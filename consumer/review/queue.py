@@ -11,7 +11,8 @@
 * **Deciding.** A decision publishes a ``CategoryCorrected`` record (key = product id) with the server's
   reviewer, the review record's model version and the product's text (the review record carries no
   source distribution, so every instance recomputes it from the text), waits for its delivery report,
-  and only then marks the offset finished and commits (`consumer.review.ledger`). A failed delivery
+  and only then marks the offset finished and commits it (`consumer.review.ledger`; the commit is sent
+  asynchronously, in order, so the page does not wait for it). A failed delivery
   leaves the item with its reviewer and publishes nothing more.
 """
 from __future__ import annotations
@@ -105,6 +106,7 @@ class ReviewQueue:
 
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {tp.partition for tp in partitions}
+        self._commit_all(gone)
         with self._lock:
             for key in [k for k, it in self._items.items() if it.partition in gone]:
                 del self._items[key]
@@ -128,6 +130,7 @@ class ReviewQueue:
         except Exception:  # noqa: BLE001 - logged; the page then says the queue stopped
             log.error("review queue stopped", exc_info=True)
         finally:
+            self._commit_all()
             try:
                 self.consumer.close()
             except RuntimeError:
@@ -267,11 +270,26 @@ class ReviewQueue:
             raise DecisionError(503, f"the correction was not delivered ({why}); the item stays yours, try again")
 
     def _commit(self, partition: int, offset: int, metadata: str) -> None:
+        """Sent once the correction is delivered; the page does not wait for it (a crash before the broker
+        has it shows the item again, and deciding it again writes the same correction). Commits of one
+        partition are sent in order, and the broker applies them in order."""
         try:
             self.consumer.commit(offsets=[TopicPartition(self.topic, partition, offset, metadata=metadata)],
-                                 asynchronous=False)
+                                 asynchronous=True)
         except KafkaException as exc:  # e.g. revoked meanwhile: the next owner shows the item again
             log.warning("review commit failed", partition=partition, offset=offset, error=str(exc)[:200])
+
+    def _commit_all(self, partitions: set[int] | None = None) -> None:
+        """At shutdown and before partitions are given up: their positions, synchronously, so nothing sent
+        asynchronously is left behind."""
+        with self._lock:
+            offsets = [TopicPartition(self.topic, p, *ledger.position()) for p, ledger in self._ledgers.items()
+                       if ledger.position() is not None and (partitions is None or p in partitions)]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("review commit at shutdown failed", error=str(exc)[:200])
 
     def snapshot(self) -> dict:
         now = time.monotonic()
