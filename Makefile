@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/pytest -q -ra
 
 test-fast: setup
-	$(BIN)/pytest -q -ra -m "not kafka and not slow"
+	$(BIN)/pytest -q -ra -m "not kafka and not slow and not registry"
 
 lint: setup
 	$(BIN)/ruff check consumer models schemas training tests benchmarks
@@ -52,4 +52,5 @@ benchmark: setup
 
 clean:
 	-scripts/kafka-local stop
+	-scripts/registry-local stop
 	rm -rf .kafka .cache

@@ -7,10 +7,13 @@ compatible producers decode to the same dict shape. Anything undecodable raises 
 from __future__ import annotations
 
 import io
+import time
 from typing import Iterable, Protocol
 
+import httpx
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -23,6 +26,11 @@ MAGIC = b"\xc3\x01"  # Avro single-object encoding marker
 
 class WireFormatError(ValueError):
     """The bytes are not a decodable event (bad framing, unknown schema, corrupt body)."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The schema registry could not be asked (down, unreachable, refusing our credentials, failing):
+    the event may be fine, so it is not poison; the caller stops rather than dead-letter it."""
 
 
 class AvroCodec(Protocol):
@@ -86,6 +94,9 @@ class SingleObjectCodec:
 
 
 _SERIALIZER_KEYS = {"auto.register.schemas", "normalize.schemas", "use.latest.version"}
+# Answers about the registry rather than about the schema id asked for: 401/403 (credentials), 408/429,
+# 5xx. A 404 (unknown id) or 422 (unreadable schema) makes the event itself undecodable.
+_NOT_POISON = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
 _mock_clients: dict[str, SchemaRegistryClient] = {}
 
 
@@ -106,12 +117,52 @@ class RegistryCodec:
             raise WireFormatError("empty (tombstone) message")
         try:
             return self._deserializers[schema](data, SerializationContext(topic, MessageField.VALUE))
-        except Exception as exc:  # SerializationError, SchemaRegistryError (unknown id), fastavro errors
+        except SchemaRegistryError as exc:
+            if exc.http_status_code in _NOT_POISON:  # the registry did not answer about this schema id
+                raise RegistryUnavailable(f"schema registry: {exc}") from exc
+            raise WireFormatError(f"undecodable registry-framed {schema}: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:  # connection refused, DNS, TLS, timeout
+            raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # SerializationError, fastavro errors
             raise WireFormatError(f"undecodable registry-framed {schema}: {type(exc).__name__}: {exc}") from exc
 
 
 def _bool(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _client_conf(schema_registry_url: str, registry_options: dict | None) -> tuple[dict, dict]:
+    options = dict(registry_options or {})
+    serializer_conf = {k: _bool(options.pop(k)) for k in list(options) if k in _SERIALIZER_KEYS}
+    return {"url": schema_registry_url, **options}, serializer_conf
+
+
+def check_registry(schema_registry_url: str | None, registry_options: dict | None = None,
+                   timeout_s: float = 10.0) -> None:
+    """Raises ``RegistryUnavailable`` unless the registry answers a request (its subject list) within
+    ``timeout_s``, with the configured credentials and TLS settings; retried until then. Nothing to
+    check without a URL or for ``mock://``. The reason quotes the client's error, never the URL."""
+    if not schema_registry_url or schema_registry_url.startswith("mock://"):
+        return
+    conf, _ = _client_conf(schema_registry_url, registry_options)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            client = SchemaRegistryClient({**conf, "timeout": max(0.5, min(left, 5.0)), "max.retries": 0})
+            client.get_subjects()
+            return
+        except SchemaRegistryError as exc:
+            why = f"HTTP {exc.http_status_code}: {exc.error_message}"
+            if exc.http_status_code not in _NOT_POISON:  # it answered, and will answer the same again
+                raise RegistryUnavailable(why) from None
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        except (ValueError, TypeError) as exc:  # the client refuses the configuration itself
+            raise RegistryUnavailable(f"bad registry configuration: {exc}") from None
+        if time.monotonic() + 0.5 >= deadline:
+            raise RegistryUnavailable(why)
+        time.sleep(0.5)
 
 
 def make_codec(schema_registry_url: str | None, registry_options: dict | None = None) -> AvroCodec:
@@ -123,9 +174,7 @@ def make_codec(schema_registry_url: str | None, registry_options: dict | None = 
     """
     if not schema_registry_url:
         return SingleObjectCodec()
-    options = dict(registry_options or {})
-    serializer_conf = {k: _bool(options.pop(k)) for k in list(options) if k in _SERIALIZER_KEYS}
-    conf = {"url": schema_registry_url, **options}
+    conf, serializer_conf = _client_conf(schema_registry_url, registry_options)
     if not schema_registry_url.startswith("mock://"):
         return RegistryCodec(SchemaRegistryClient(conf), serializer_conf)
     if schema_registry_url not in _mock_clients:
@@ -134,5 +183,6 @@ def make_codec(schema_registry_url: str | None, registry_options: dict | None = 
 
 
 __all__ = [
-    "AvroCodec", "RegistryCodec", "SingleObjectCodec", "WireFormatError", "make_codec", "rabin_fingerprint",
+    "AvroCodec", "RegistryCodec", "RegistryUnavailable", "SingleObjectCodec", "WireFormatError", "check_registry",
+    "make_codec", "rabin_fingerprint",
 ]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real single-node Kafka broker (scripts/kafka-local) for tests marked ``kafka``."""
+"""Shared fixtures: a real single-node Kafka broker (scripts/kafka-local) for tests marked ``kafka``, and a
+real schema registry (scripts/registry-local) for tests marked ``registry``."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # port. Tests of the endpoint pass their own free port.
 os.environ.setdefault("SHELVER_METRICS_PORT", "0")
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
+REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +34,21 @@ def kafka_bootstrap() -> str:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([KAFKA_LOCAL, "stop"], env=env, check=True)
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> str:
+    """A real schema registry (Apicurio, in memory, scripts/registry-local) on SHELVER_TEST_REGISTRY_PORT
+    (default 38081), started once for the session by the first test that asks; yields the URL of its
+    Confluent-compatible API."""
+    port = os.environ.get("SHELVER_TEST_REGISTRY_PORT", "38081")
+    env = {**os.environ, "REGISTRY_PORT": port, "REGISTRY_STATE_DIR": str(REPO / ".cache" / "registry" / f"test-{port}")}
+    subprocess.run([REGISTRY_LOCAL, "stop"], env=env, check=True, capture_output=True)  # in memory: a fresh one
+    subprocess.run([REGISTRY_LOCAL, "start"], env=env, check=True)
+    try:
+        yield f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    finally:
+        subprocess.run([REGISTRY_LOCAL, "stop"], env=env, check=True)
 
 
 @pytest.fixture

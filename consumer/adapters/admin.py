@@ -4,8 +4,9 @@ Idempotent so that it can run on every deploy or test start: existing topics are
 ``python -m consumer.adapters.admin`` creates them for the configured ``Settings`` (env ``SHELVER_*``).
 
 `check_startup` is what ``shelver consume`` runs before loading its models: a broker that cannot be
-reached or a topic that does not exist ends the start with one clear line instead of a consumer
-that waits forever for partitions that never come.
+reached, a topic that does not exist or a schema registry that does not answer ends the start with
+one clear line instead of a consumer that waits forever for partitions that never come (or sends
+every event to the dead-letter topic because its schema cannot be fetched).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from consumer.config import ConfigError, Settings, load_settings, mask_url
 
 
 class StartupError(RuntimeError):
-    """The environment is not ready (broker unreachable, topics missing); ``str()`` is one line."""
+    """The environment is not ready (broker unreachable, topics missing, registry down); ``str()`` is one line."""
 
 
 def check_startup(settings: Settings, timeout_s: float | None = None, topics: list[str] | None = None) -> dict[str, int]:
@@ -64,7 +65,20 @@ def check_startup(settings: Settings, timeout_s: float | None = None, topics: li
             f"topic(s) missing on {where}: {', '.join(missing)} (create them with `python -m consumer.adapters.admin` "
             "or scripts/kafka-local create-topics; SHELVER_REPLAY_TOPIC= empty disables the replay topic)"
         )
+    if topics is None:
+        check_schema_registry(settings, max(1.0, deadline - time.monotonic()))
     return {t: len(metadata.topics[t].partitions) for t in wanted}
+
+
+def check_schema_registry(settings: Settings, timeout_s: float) -> None:
+    """With SHELVER_SCHEMA_REGISTRY_URL set, the registry must answer (credentials and TLS included)."""
+    from schemas.wire import RegistryUnavailable, check_registry
+
+    try:
+        check_registry(settings.schema_registry_url, settings.schema_registry_options, timeout_s)
+    except RegistryUnavailable as exc:
+        raise StartupError(f"schema registry at {mask_url(settings.schema_registry_url)} not answering within "
+                           f"{timeout_s:g} s (SHELVER_STARTUP_TIMEOUT_S): {exc}") from None
 
 
 def core_topics(settings: Settings) -> list[str]:
