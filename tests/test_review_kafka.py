@@ -94,7 +94,7 @@ def review_settings(settings, topic_factory):
                     taxonomy_topic=topic_factory(1, "tax"), review_group_id=f"review-{uuid.uuid4().hex[:8]}")
 
 
-def publish_for_review(s, n: int, prefix: str = "r") -> list[str]:
+def publish_for_review(s, n: int, prefix: str = "r", review_partitions: int = 1) -> list[str]:
     """n product events on the input topic and, for each, a review record pointing at it."""
     codec = make_codec(None)
     producer = Producer({"bootstrap.servers": s.bootstrap_servers})
@@ -112,13 +112,14 @@ def publish_for_review(s, n: int, prefix: str = "r") -> list[str]:
         producer.produce(s.input_topic, codec.encode(event.to_avro(), "product_event", s.input_topic), pid.encode(),
                          on_delivery=delivered, partition=i % 3)
     producer.flush(30)
-    for pid in ids:
+    for i, pid in enumerate(ids):
         part, off = placed[pid]
         rec = CategoryAssigned(product_id=pid, category="DRESS", kl=0.9, alternatives=[
             {"category": "TOPS", "kl": 1.0}, {"category": "SKIRT", "kl": 1.3}], abstained=False, image_used=False,
             model_version="v2-20261124", taxonomy_version="marketplace-v1", source_topic=s.input_topic,
             source_partition=part, source_offset=off, processed_at=now, confidence=0.41, needs_review=True)
-        producer.produce(s.review_topic, codec.encode(rec.to_avro(), "category_assigned", s.review_topic), pid.encode())
+        producer.produce(s.review_topic, codec.encode(rec.to_avro(), "category_assigned", s.review_topic), pid.encode(),
+                         partition=i % review_partitions)
     producer.flush(30)
     return ids
 
@@ -272,3 +273,59 @@ def test_trusted_proxy_header_only_when_switched_on(review_settings):
         assert console.http.get("/", headers={"X-Forwarded-User": "alice"}).status_code == 401
     finally:
         console.close()
+
+
+def test_an_expired_lease_moves_the_item_and_the_old_holder_cannot_decide_it(review_settings):
+    s = review_settings
+    publish_for_review(s, 1)
+    console = Console(s, lease_s=1.0)
+    try:
+        item, page = console.wait_item("alice")
+        assert 'data-item=""' in console.page("bob")  # the only item is alice's while her lease runs
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        assert console.http.post(f"/items/{item}/decide", data={"csrf": token, "category": "SPACESHIPS"},
+                                 headers=basic("alice")).status_code == 422  # not a category: nothing sent
+        # alice leaves it open past the lease: bob gets it, and alice's late decision is refused
+        assert wait_for(lambda: console.wait_item("bob")[0] == item, 30, "the item to move to bob")
+        r = console.http.post(f"/items/{item}/decide", data={"csrf": token, "category": "TOPS"}, headers=basic("alice"))
+        assert r.status_code == 409
+        assert console.post("bob", item, category="SKIRT").status_code == 303
+        got = corrections(s, 1)
+        assert [(c.category, c.reviewer) for c in got] == [("SKIRT", "bob")]
+    finally:
+        console.close()
+
+
+def test_two_consoles_in_one_group_split_the_partitions(settings, topic_factory):
+    s = settings(review_topic=topic_factory(2, "review"), corrections_topic=topic_factory(1, "corr"),
+                 taxonomy_topic=topic_factory(1, "tax"), review_group_id=f"review-{uuid.uuid4().hex[:8]}")
+    publish_for_review(s, 8, review_partitions=2)
+    one = Console(s)
+    two = None
+    try:
+        wait_for(lambda: one.queue.snapshot()["partitions"] == [0, 1], 60, "the first console to hold both")
+        two = Console(s)
+        wait_for(lambda: len(one.queue.snapshot()["partitions"]) == 1 and len(two.queue.snapshot()["partitions"]) == 1,
+                 90, "a rebalance giving each console one partition")
+        assert set(one.queue.snapshot()["partitions"]) | set(two.queue.snapshot()["partitions"]) == {0, 1}
+        wait_for(lambda: one.queue.snapshot()["held"] == 4 and two.queue.snapshot()["held"] == 4, 60,
+                 "each console to hold its partition's four items")
+        seen: dict[str, str] = {}
+        for console, who in ((one, "alice"), (two, "bob")):
+            while True:
+                r = console.http.get("/", headers=basic(who))
+                m = re.search(r'data-item="([0-9]+)-[0-9]+"', r.text)
+                if not m:
+                    break
+                assert int(m.group(1)) in console.queue.snapshot()["partitions"]
+                pid = product_of(r.text)
+                assert pid not in seen  # no item is offered by both consoles
+                seen[pid] = who
+                item = re.search(r'data-item="([0-9]+-[0-9]+)"', r.text).group(1)
+                assert console.post(who, item, category="TOPS").status_code == 303
+        assert len(seen) == 8 and set(seen.values()) == {"alice", "bob"}
+        assert sorted(c.product_id for c in corrections(s, 8)) == sorted(seen)
+    finally:
+        for console in (one, two):
+            if console is not None:
+                console.close()
