@@ -47,6 +47,9 @@ def main() -> int:
                 child.kill()
         subprocess.run([kafka_local, "stop"], env=env, capture_output=True)
 
+    if not Path(kafka_local).is_file():
+        print("review demo: needs a checkout of the repository (scripts/kafka-local)", file=sys.stderr)
+        return 2
     subprocess.run([kafka_local, "stop"], env=env, capture_output=True)
     shutil.rmtree(state, ignore_errors=True)
     logs.mkdir(parents=True, exist_ok=True)
