@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -92,9 +93,7 @@ def create_app(settings: Settings, queue: ReviewQueue, tally: Tally, authenticat
         reviewer, form = await posted(request)
         choice = str(form.get("category") or "") or None  # empty: accept the model's category
         known = tuple(c for c, _ in categories())
-        try:
-            from starlette.concurrency import run_in_threadpool
-
+        try:  # the delivery report is awaited in a worker thread, not on the event loop
             await run_in_threadpool(queue.decide, reviewer, request.path_params["item_id"], choice, known)
         except DecisionError as exc:
             return answer(request, reviewer, str(exc), exc.status)

@@ -99,6 +99,7 @@ class ReviewQueue:
     def _on_assign(self, consumer, partitions) -> None:
         committed = consumer.committed(partitions, 10)
         with self._lock:
+            self._paused = False  # a new assignment starts unpaused; flow control pauses it again if need be
             for tp in committed:
                 offset = tp.offset if tp.offset >= 0 else None
                 self._ledgers[tp.partition] = PartitionLedger(offset, tp.metadata)
