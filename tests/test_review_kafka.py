@@ -329,3 +329,47 @@ def test_two_consoles_in_one_group_split_the_partitions(settings, topic_factory)
         for console in (one, two):
             if console is not None:
                 console.close()
+
+
+def test_shelver_review_command_serves_and_stops_on_sigterm(review_settings, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from consumer.review.auth import add_user
+
+    s = review_settings
+    ids = publish_for_review(s, 1)
+    add_user(tmp_path / "reviewers", "erin", "erin-pw")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELVER_")}
+    env.update({f"SHELVER_{f.upper()}": str(getattr(s, f)) for f in (
+        "bootstrap_servers", "input_topic", "output_topic", "review_topic", "corrections_topic", "taxonomy_topic",
+        "review_group_id")})
+    env.update(SHELVER_REVIEW_PORT=str(port), SHELVER_REVIEW_PASSWORD_FILE=str(tmp_path / "reviewers"))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "review"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            def page():
+                try:
+                    r = http.get("/", headers=basic("erin"))
+                except httpx.TransportError:
+                    return None
+                return r.text if 'data-item="0-' in r.text else None
+            text = wait_for(page, 90, "the command's console to show the item")
+            assert product_of(text) == ids[0] and '<strong id="reviewer">erin</strong>' in text
+            assert http.get("/").status_code == 401
+            token = re.search(r'name="csrf" value="([0-9a-f]+)"', text).group(1)
+            item = re.search(r'data-item="([0-9]+-[0-9]+)"', text).group(1)
+            r = http.post(f"/items/{item}/decide", data={"csrf": token, "category": "BAG"}, headers=basic("erin"))
+            assert r.status_code == 303
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert review_lag(s)["total"] == 0  # the decided item is committed by the time the command has exited
+    assert [(c.product_id, c.category, c.reviewer) for c in corrections(s, 1)] == [(ids[0], "BAG", "erin")]

@@ -75,7 +75,8 @@ def create_app(settings: Settings, queue: ReviewQueue, tally: Tally, authenticat
         return render(request, "_item.html", reviewer, **item_context(reviewer))
 
     async def posted(request: Request) -> tuple[str, dict]:
-        reviewer = reviewer_of(request)  # before the body is read: an unauthenticated post publishes nothing
+        # before the body is read: an unauthenticated post publishes nothing (scrypt runs off the event loop)
+        reviewer = await run_in_threadpool(reviewer_of, request)
         form = await request.form()
         token = form.get("csrf") or request.headers.get("x-csrf-token")
         if not csrf.check(reviewer, token, request.headers.get("origin"), request.headers.get("host")):
@@ -160,13 +161,29 @@ def build(settings: Settings) -> tuple[Starlette, ReviewQueue, Tally]:
 
 
 def serve(settings: Settings) -> int:
-    """Runs until SIGTERM/SIGINT (uvicorn's handlers); the queue's consumer leaves the group cleanly."""
+    """Runs until SIGTERM/SIGINT; then the queue commits every position and its consumer leaves the group."""
+    import contextlib
+    import signal
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the signal after its graceful shutdown, which would end the process before the
+        # queue's last commit below; here the signal only ends serving.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, lambda *_: setattr(self, "should_exit", True))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     app, queue, tally = build(settings)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.review_host, port=settings.review_port,
-                                               log_level="warning", access_log=False))
+        server = Server(uvicorn.Config(app, host=settings.review_host, port=settings.review_port,
+                                       log_level="warning", access_log=False))
         server.run()
     finally:
         tally.stop()
