@@ -1,8 +1,9 @@
 """structlog configured for one JSON object per line on stderr (what log shippers expect).
 
-Every line, structlog's and the standard library's (httpx, librdkafka via confluent-kafka), passes
-a scrubber that replaces the configured secret values (`Settings.secret_values`) with ``***``: a
-second line of defence behind `Settings.redacted`, for error texts that quote a URL or an option.
+Every line, structlog's and the standard library's (httpx, librdkafka via confluent-kafka), with
+its traceback, passes a scrubber that replaces the configured secret values (`Settings.secret_values`)
+and the query string of every http(s) URL (presigned image URLs carry their signature there) with
+``***``: a second line of defence behind `Settings.redacted`, for error texts that quote a URL or an option.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Iterable
 
 import structlog
 
-from consumer.secrets import MASK
+from consumer.secrets import MASK, mask_url_queries
 
 
 class Scrubber:
-    """Replaces known secret strings (raw and JSON-escaped) in text."""
+    """Replaces known secret strings (raw and JSON-escaped) and URL query strings in text."""
 
     def __init__(self, secrets: Iterable[str] = ()):
         found = {s for s in secrets if s}
@@ -28,7 +29,19 @@ class Scrubber:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, MASK)
-        return text
+        return mask_url_queries(text)
+
+
+class _ScrubFormatter(logging.Formatter):
+    """Scrubs the whole formatted record: the message, and the traceback and stack that the
+    filter below never sees (an exception's text often quotes a URL or an option)."""
+
+    def __init__(self, scrub: Scrubber):
+        super().__init__("%(message)s")
+        self.scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrub(super().format(record))
 
 
 class _ScrubFilter(logging.Filter):
@@ -65,6 +78,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         for old in [f for f in handler.filters if isinstance(f, _ScrubFilter)]:
             handler.removeFilter(old)
         handler.addFilter(_ScrubFilter(scrub))
+        handler.setFormatter(_ScrubFormatter(scrub))  # tracebacks and stacks too
     for noisy in ("httpx", "httpcore"):  # one line per image request otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(

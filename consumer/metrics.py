@@ -251,7 +251,10 @@ class _StateCollector:
         svc = self.m.service
         lag = GaugeMetricFamily("shelver_consumer_lag", "Messages behind the high watermark (librdkafka consumer_lag)",
                                 labels=["topic", "partition"])
-        assigned = set(getattr(svc, "assignment", ()) or ())
+        # One immutable snapshot (consumer.service.partitions.Partitions): the main thread swaps in a new
+        # one on every rebalance and never mutates it, so the scrape thread can iterate it safely.
+        state = getattr(svc, "partitions", None)
+        assigned = state.assigned if state is not None else frozenset()
         for (topic, partition), value in sorted(self.m.lag.items()):
             if svc is None or (topic, partition) in assigned:  # revoked partitions keep stale stats
                 lag.add_metric([topic, str(partition)], value)
@@ -260,7 +263,7 @@ class _StateCollector:
         inflight.add_metric([], len(getattr(svc, "inflight", ()) or ()))
         yield inflight
         paused = GaugeMetricFamily("shelver_paused_partitions", "Partitions paused by flow control (enough of theirs held)")
-        paused.add_metric([], len(getattr(svc, "paused", None) or ()))  # the service rebinds a new set: len is safe
+        paused.add_metric([], len(state.paused) if state is not None else 0)
         yield paused
 
 

@@ -15,6 +15,8 @@ _SECRET_KEYS = (
     "keystore", "sasl.oauthbearer.config", "sasl.jaas.config", "api.key",
 )
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>[^/@\s,]+)@")
+# The query string of an http(s) URL: presigned image URLs carry their signature and credential there.
+_URL_QUERY = re.compile(r"(?P<base>\bhttps?://[^\s\"'<>?#\\]*)\?[^\s\"'<>#\\]*", re.IGNORECASE)
 MASK = "***"
 
 
@@ -28,6 +30,11 @@ def mask_url(text: str | None) -> str | None:
     if not text:
         return text
     return _URL_USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{MASK}@", text)
+
+
+def mask_url_queries(text: str) -> str:
+    """``https://host/a.jpg?X-Amz-Signature=…`` → ``https://host/a.jpg?***`` for every http(s) URL in ``text``."""
+    return _URL_QUERY.sub(lambda m: f"{m.group('base')}?{MASK}", text) if "?" in text else text
 
 
 def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:

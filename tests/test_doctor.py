@@ -39,6 +39,29 @@ def test_topics_missing_or_in_error_fail_and_a_disabled_replay_topic_is_fine():
     assert doctor.exit_code(checks) == 1 and doctor.exit_code(checks[:2]) == 0
 
 
+def test_one_start_up_rule_requires_the_review_topic_only_when_results_are_routed_there():
+    from consumer.adapters.admin import core_topics
+    from consumer.config import Settings
+    from consumer.startup import extra_topics, required_topics
+
+    s = Settings(review_threshold=None)
+    core = {"input": s.input_topic, "replay": s.replay_topic, "output": s.output_topic, "dead letters": s.dlq_topic}
+    assert required_topics(s, None) == core  # uncalibrated, no threshold: no reviews, no review topic
+    assert [t for t in core.values() if t] == core_topics(s)
+    assert required_topics(s, 0.7) == {**core, "review": s.review_topic}  # a calibrated artifact's default
+    assert required_topics(Settings(review_threshold=0.5), None)["review"] == s.review_topic  # the setting
+    assert "review" not in required_topics(Settings(review_topic=""), 0.7)  # reviews switched off
+    assert extra_topics(s, 0.7) == [s.review_topic] and extra_topics(s, None) == []
+
+
+def test_doctor_masks_the_credentials_in_the_bootstrap_servers(monkeypatch, capsys):
+    monkeypatch.setenv("SHELVER_BOOTSTRAP_SERVERS", "PLAINTEXT://shelver:s3cret-pw@127.0.0.1:1")
+    assert main(["doctor", "--skip-artifact", "--timeout", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "s3cret-pw" not in captured.out + captured.err
+    assert rows(captured.out)["broker"][1].startswith("PLAINTEXT://***@127.0.0.1:1")
+
+
 def test_label_space_check_names_each_disagreement():
     labels, targets = ["a", "b", "c"], ["X", "OTHERS"]
     good = doctor.check_label_space(labels, labels, 3, (2, 3), targets, targets, "OTHERS")
@@ -102,13 +125,15 @@ def test_missing_topic_fails_its_line_and_the_exit_status(kafka_bootstrap, topic
     monkeypatch.setenv("SHELVER_REPLAY_TOPIC", topic_factory(partitions=1, prefix="doctor-replay"))
     monkeypatch.setenv("SHELVER_OUTPUT_TOPIC", topic_factory(partitions=3, prefix="doctor-out"))
     monkeypatch.setenv("SHELVER_DLQ_TOPIC", "doctor-dlq-never-created")
-    wait_for_leaders(kafka_bootstrap, [os.environ[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT")])
+    # The committed artifact is calibrated: consume copies unsure results to the review topic, so it is required.
+    monkeypatch.setenv("SHELVER_REVIEW_TOPIC", topic_factory(partitions=1, prefix="doctor-review"))
+    wait_for_leaders(kafka_bootstrap, [os.environ[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT", "REVIEW")])
     assert main(["doctor", "--skip-artifact"]) == 1
     table = rows(capsys.readouterr().out)
     assert table["topic dead letters"][0] == FAIL and "doctor-dlq-never-created" in table["topic dead letters"][1]
     assert {name: v for name, (v, _) in table.items() if name != "topic dead letters"} == {
         "configuration": OK, "broker": OK, "topic input": OK, "topic replay": OK, "topic output": OK,
-        "image allow-list": OK}
+        "topic review": OK, "image allow-list": OK}
     assert "3 partitions" in table["topic input"][1]
 
 
@@ -118,14 +143,15 @@ def test_all_checks_pass_against_a_ready_broker_and_the_committed_artifact(kafka
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHELVER_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "SHELVER_INPUT_TOPIC": topic_factory(prefix="doctor-in"), "SHELVER_REPLAY_TOPIC": topic_factory(prefix="doctor-re"),
            "SHELVER_OUTPUT_TOPIC": topic_factory(prefix="doctor-out"), "SHELVER_DLQ_TOPIC": topic_factory(prefix="doctor-dlq"),
+           "SHELVER_REVIEW_TOPIC": topic_factory(prefix="doctor-review"),  # the calibrated artifact routes reviews
            "SHELVER_IMAGE_ALLOWED_HOSTS": '["127.0.0.1"]'}
-    wait_for_leaders(kafka_bootstrap, [env[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT", "DLQ")])
+    wait_for_leaders(kafka_bootstrap, [env[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT", "DLQ", "REVIEW")])
     out = subprocess.run([sys.executable, "-m", "consumer.cli", "doctor"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     table = rows(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert set(table) == {"configuration", "broker", "topic input", "topic replay", "topic output",
-                          "topic dead letters", "artifact", "label space", "image allow-list", "device"}
+                          "topic dead letters", "topic review", "artifact", "label space", "image allow-list", "device"}
     assert all(verdict == OK for verdict, _ in table.values()), out.stdout
     assert "93 source labels -> 12 categories" in table["label space"][1]
 
@@ -135,3 +161,25 @@ def test_train_on_a_runtime_only_install_says_which_extra_to_install(monkeypatch
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
     assert "pip install 'shelver[train]'" in str(exit_.value.code) and "pandas" in str(exit_.value.code)
+
+
+@pytest.mark.kafka
+def test_doctor_fails_on_a_missing_review_topic_exactly_when_consume_refuses_to_start(
+        kafka_bootstrap, topic_factory, monkeypatch, capsys):
+    """Before, the doctor checked four topics and passed while `shelver consume` exited 1 on the fifth."""
+    monkeypatch.setenv("SHELVER_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    for key, prefix in (("INPUT", "one-in"), ("REPLAY", "one-re"), ("OUTPUT", "one-out"), ("DLQ", "one-dlq")):
+        monkeypatch.setenv(f"SHELVER_{key}_TOPIC", topic_factory(partitions=1, prefix=prefix))
+    monkeypatch.setenv("SHELVER_REVIEW_TOPIC", "one-review-never-created")
+    monkeypatch.setenv("SHELVER_REVIEW_THRESHOLD", "0.5")
+    monkeypatch.setenv("SHELVER_STARTUP_TIMEOUT_S", "2")
+    wait_for_leaders(kafka_bootstrap, [os.environ[f"SHELVER_{k}_TOPIC"] for k in ("INPUT", "REPLAY", "OUTPUT", "DLQ")])
+    assert main(["doctor", "--skip-artifact"]) == 1
+    table = rows(capsys.readouterr().out)
+    assert table["topic review"][0] == FAIL and "one-review-never-created" in table["topic review"][1]
+    loaded = []
+    assert main(["consume"], load_categorizer=lambda s: loaded.append(s)) == 1  # refused before loading models
+    assert "one-review-never-created" in capsys.readouterr().err and not loaded
+    monkeypatch.setenv("SHELVER_REVIEW_TOPIC", "")  # reviews off: neither requires it
+    assert main(["doctor", "--skip-artifact"]) == 0
+    assert "topic review" not in rows(capsys.readouterr().out)

@@ -2,7 +2,9 @@
 
 One table, one verdict per line (``ok``, ``warn``, ``FAIL``), exit status 1 when any line
 fails. It runs the checks a first batch would otherwise trip over, each reported on its own
-rather than stopping at the first: the settings, the broker, the four topics, the artifact
+rather than stopping at the first: the settings, the broker, the topics ``shelver consume``
+requires (``consumer.startup``: the four core topics, and the review topic when results are
+routed to it, so the doctor cannot pass where consume exits 1), the artifact
 (it loads, and its label space agrees with its projections), the image allow-list and the
 device TensorFlow will use. Read-only: it creates no topic and joins no group.
 """
@@ -133,17 +135,23 @@ def check_broker_and_topics(settings, timeout_s: float) -> list[Check]:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from consumer.startup import artifact_review_threshold, required_topics
+
     admin = AdminClient({**settings.kafka_common(), "logger": _quiet_logger()})
-    wanted = {"input": settings.input_topic, "replay": settings.replay_topic,
-              "output": settings.output_topic, "dead letters": settings.dlq_topic}
+    wanted = required_topics(settings, artifact_review_threshold(settings))  # the rule `shelver consume` starts by
+    from consumer.logs import Scrubber
+    from consumer.secrets import mask_url
+
+    where = mask_url(settings.bootstrap_servers)  # no credentials in the table (nor in librdkafka's reason)
+    scrub = Scrubber(settings.secret_values())
     try:
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-        return [Check("broker", FAIL, f"{settings.bootstrap_servers}: {reason}")] + [
+        return [Check("broker", FAIL, f"{where}: {scrub(reason)}")] + [
             Check(f"topic {role}", FAIL, f"{name}: not checked, broker unreachable") if name
             else Check(f"topic {role}", OK, "disabled") for role, name in wanted.items()]
-    broker = Check("broker", OK, f"{settings.bootstrap_servers}: {len(meta.brokers)} broker(s), "
+    broker = Check("broker", OK, f"{where}: {len(meta.brokers)} broker(s), "
                                  f"cluster {meta.cluster_id}")
     found: dict[str, int | str] = {}
     for name, topic in meta.topics.items():

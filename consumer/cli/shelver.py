@@ -144,10 +144,16 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
     if args.command == "consume":
         # Everything that can be checked cheaply is checked before TensorFlow loads (seconds).
         from consumer.adapters.admin import StartupError, check_startup
+        from consumer.startup import artifact_review_threshold, extra_topics
 
         try:
             settings.resolved_artifact_dir()
             check_startup(settings)
+            # The one start-up rule (consumer.startup, the doctor's too): the review topic as well when
+            # results under a threshold are routed there (the setting, or the calibrated artifact's default;
+            # a loader other than the artifact's, as in tests, is checked once loaded, below).
+            if extra := extra_topics(settings, artifact_review_threshold(settings) if load_categorizer is None else None):
+                check_startup(settings, topics=extra)
         except (ConfigError, FileNotFoundError) as exc:
             return _fail(f"configuration error: {exc}", 2)
         except StartupError as exc:  # librdkafka's text is quoted: scrub it like a log line
@@ -186,10 +192,9 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
             log.error("models could not be loaded", artifact=str(settings.resolved_artifact_dir()),
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
             return 1
-        if settings.review_topic and (settings.review_threshold is not None
-                                      or getattr(model, "default_review_threshold", None) is not None):
-            try:  # hitl: results under the threshold are copied there; a missing topic would stop the service later
-                check_startup(settings, topics=[settings.review_topic])
+        if extra := extra_topics(settings, getattr(model, "default_review_threshold", None)):
+            try:  # the same rule for the model as loaded (a loader other than the artifact's may differ)
+                check_startup(settings, topics=extra)
             except StartupError as exc:
                 return _fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
         metrics.set_model(model)
