@@ -94,10 +94,12 @@ SECRETS = {
 
 
 @pytest.mark.kafka
+@pytest.mark.registry
 @pytest.mark.slow
 @pytest.mark.parametrize("registry", ["basic-auth-option", "url-user-info"])
-def test_no_secret_appears_in_the_real_log_output(kafka_bootstrap, topic_factory, registry):
-    """The whole stderr of a real start (starting line included, at DEBUG) holds none of the credentials."""
+def test_no_secret_appears_in_the_real_log_output(kafka_bootstrap, topic_factory, schema_registry, registry):
+    """The whole stderr of a real start (starting line included, at DEBUG) holds none of the credentials.
+    The registry is a real one (it must answer at start), which ignores the credentials."""
     env = {
         "SHELVER_BOOTSTRAP_SERVERS": kafka_bootstrap, "SHELVER_LOG_LEVEL": "DEBUG",
         "SHELVER_INPUT_TOPIC": topic_factory(1, "in"), "SHELVER_REPLAY_TOPIC": "",
@@ -107,11 +109,11 @@ def test_no_secret_appears_in_the_real_log_output(kafka_bootstrap, topic_factory
         "SHELVER_KAFKA_OPTIONS": json.dumps(SECRETS),
     }
     if registry == "basic-auth-option":
-        env["SHELVER_SCHEMA_REGISTRY_URL"] = "http://127.0.0.1:1"
+        env["SHELVER_SCHEMA_REGISTRY_URL"] = schema_registry
         env["SHELVER_SCHEMA_REGISTRY_OPTIONS"] = json.dumps({"basic.auth.user.info": "reg-user:reg-pw-3d4e"})
         secrets = [*SECRETS.values(), "reg-pw-3d4e"]
     else:
-        env["SHELVER_SCHEMA_REGISTRY_URL"] = "http://reg-user:reg-url-pw-8f8f@127.0.0.1:1"
+        env["SHELVER_SCHEMA_REGISTRY_URL"] = schema_registry.replace("http://", "http://reg-user:reg-url-pw-8f8f@")
         secrets = [*SECRETS.values(), "reg-url-pw-8f8f"]
     proc = subprocess.run(
         [sys.executable, str(TESTS / "consumer_main.py"), "consume", "--idle-exit-seconds", "1"],
