@@ -197,3 +197,35 @@ def test_a_schema_id_the_registry_does_not_know_is_undecodable(schema_registry):
 
     with pytest.raises(WireFormatError, match="undecodable registry-framed"):
         make_codec(schema_registry).decode(b"\x00\x00\x0f\x42\x40" + b"\x02x", "product_event", "products.new")
+
+
+@pytest.mark.kafka
+@pytest.mark.registry
+def test_a_registry_that_goes_down_mid_stream_stops_the_service_without_dead_letters_or_commits(
+        kafka_bootstrap, schema_registry, model):
+    """Events framed by a registry that the running service can no longer reach are not poison: the
+    service stops without committing (a restart retries them) instead of dead-lettering good events."""
+    import threading
+
+    from consumer.service import Service
+    from kafka_helpers import committed
+
+    up = _settings(kafka_bootstrap, schema_registry)
+    publish(up, _events(3, "down-"))
+    down = up.model_copy(update={"schema_registry_url": f"http://127.0.0.1:{_closed_port()}/apis/ccompat/v7"})
+    svc = Service(down, model, max_events=3)
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["rc"] = svc.run()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what ended the run
+            outcome["exc"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert outcome.get("rc", 1) != 0, outcome
+    assert committed(up) == {0: 0, 1: 0, 2: 0}
+    assert read_topic(up, up.dlq_topic, 1, timeout=3, settle=0) == []
