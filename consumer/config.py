@@ -170,7 +170,10 @@ class Settings(BaseSettings):
                                 "also the events held per partition (at least 16) before that partition is paused")
     max_batch_wait_ms: int = Field(200, ge=0, description="longest wait to fill a batch while the model is busy "
                                    "(an idle model takes what is waiting at once)")
-    pipeline_depth: int = Field(2, ge=1, description="batches queued for inference")  # 0: an unbounded queue
+    pipeline_depth: int = Field(2, ge=1, description="batches queued for inference behind the one being inferred "
+                                "(also the image-fetch pool: depth + 1 batches); a full queue pauses no partition "
+                                "(polling goes on; a partition is paused once `max_batch_size` of its events are "
+                                "held)")
 
     # Images
     image_fetch_concurrency: int = Field(16, ge=1, description="parallel image downloads")

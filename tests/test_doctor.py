@@ -83,6 +83,16 @@ def test_allow_list_rejects_garbage_and_warns_about_wide_or_useless_entries():
     assert doctor.check_allow_list(["169.254.169.254"]).verdict == WARN
 
 
+def test_allow_listing_any_address_the_fetcher_always_refuses_is_warned_as_useless():
+    """The doctor reads the fetcher's own list (it had its own copy, which missed Azure's wire server)."""
+    from consumer.adapters.images import METADATA_ADDRESSES
+
+    for ip in sorted(map(str, METADATA_ADDRESSES)):
+        check = doctor.check_allow_list([ip])
+        assert check.verdict == WARN and "metadata addresses stay refused" in check.detail, ip
+    assert "168.63.129.16" in {str(ip) for ip in METADATA_ADDRESSES}
+
+
 def test_table_has_one_line_per_check():
     text = doctor.format_table([Check("broker", OK, "x"), Check("topic input", FAIL, "y")])
     assert rows(text) == {"broker": (OK, "x"), "topic input": (FAIL, "y")}

@@ -79,13 +79,16 @@ def wait_until(condition, timeout: float = 60) -> bool:
 
 
 def record_callbacks(svc) -> dict[str, list[set]]:
-    """Wraps the service's rebalance callbacks to record their partitions (bound at run(), so wrap before)."""
-    seen: dict[str, list[set]] = {}
+    """Wraps the service's rebalance callbacks to record their partitions (bound at run(), so wrap before),
+    and under ``in_flight<name>`` the batches formed or pending when each was called."""
+    seen: dict[str, list] = {}
     for name in ("_on_assign", "_on_revoke", "_on_lost"):
         seen[name] = calls = []
+        seen[f"in_flight{name}"] = work = []
 
-        def wrapper(consumer, partitions, real=getattr(svc, name), calls=calls):
+        def wrapper(consumer, partitions, real=getattr(svc, name), calls=calls, work=work):
             calls.append({(p.topic, p.partition) for p in partitions})
+            work.append(len(svc.inflight) + len(svc.batcher))
             return real(consumer, partitions)
 
         setattr(svc, name, wrapper)
@@ -118,7 +121,8 @@ def test_a_member_joining_mid_stream_revokes_batches_in_flight_and_nothing_is_lo
             tb.join(60)
         counter.close()
     assert a.rc == 0 and b.rc == 0
-    assert a_seen["_on_revoke"] and a_seen["_on_revoke"][0], "a must have been revoked while it had work"
+    assert a_seen["_on_revoke"] and a_seen["_on_revoke"][0], "a must have been revoked"
+    assert a_seen["in_flight_on_revoke"][0] > 0, "a must have had batches in flight when it was revoked"
     assert a.completed > 0 and b.completed > 0
     assert set(counter.keys) == {e.product_id for e in events}
     # The revoked member finished, delivered and committed its batches before giving the partitions up.

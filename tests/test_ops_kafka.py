@@ -197,17 +197,26 @@ scrape_configs:
 """
 
 
+def prometheus_binary() -> str:
+    """The Prometheus server, or a visible skip: a test that claims a real scrape never reads /metrics itself."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.skip("prometheus is not installed (Debian's `prometheus` package; .ci/run installs it): "
+                    "the [prometheus] variant needs a real server scraping the service")
+    return exe
+
+
 @pytest.fixture
-def prometheus(tmp_path):
-    """A real Prometheus (Debian's `prometheus` package) scraping the service every second, with
-    its own port and storage; yields ``start(target_port) -> query(expr) -> [(labels, value)]``.
-    Without the binary (see .ci/run) the query reads the service's /metrics directly."""
+def prometheus(tmp_path, request):
+    """``start(target_port) -> query(expr) -> [(labels, value)]``. With ``source`` ``prometheus``: a real
+    Prometheus (Debian's package) scraping the service every second, with its own port and storage,
+    or the test is skipped, visibly, when it is not installed; with ``metrics-endpoint``: the
+    service's /metrics read directly (what the metric names and values are, not that a scrape works)."""
     procs: list[subprocess.Popen] = []
+    exe = prometheus_binary() if request.node.callspec.params["source"] == "prometheus" else None
 
     def start(target_port: int):
-        exe = shutil.which("prometheus")
         if exe is None:
-            print("prometheus is not installed: reading /metrics directly instead")
             return lambda name: scrape(target_port, name)
         (tmp_path / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=target_port))
         port = free_port()
@@ -231,8 +240,16 @@ def prometheus(tmp_path):
         p.wait(30)
 
 
+def test_without_prometheus_the_prometheus_variant_is_skipped_not_faked(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="prometheus is not installed"):
+        prometheus_binary()
+
+
 @pytest.mark.slow
-def test_prometheus_scrapes_results_dead_letters_and_lag_back_to_zero(settings, image_base, prometheus, tmp_path):
+@pytest.mark.parametrize("source", ["prometheus", "metrics-endpoint"])
+def test_scraped_metrics_count_results_dead_letters_and_lag_back_to_zero(settings, image_base, prometheus, tmp_path,
+                                                                          source):
     s = settings()
     n, k = 24, 4
     port = free_port()

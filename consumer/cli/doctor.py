@@ -18,8 +18,6 @@ from typing import Sequence
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
-# Same list as consumer.adapters.images.METADATA_ADDRESSES: the fetcher refuses these even when allow-listed.
-_METADATA = ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 _HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$",
                        re.IGNORECASE)
 
@@ -90,6 +88,7 @@ def check_allow_list(entries: Sequence[str]) -> Check:
     if not entries:
         return Check("image allow-list", OK, "empty: only public addresses are fetched")
     from consumer.adapters.allowlist import AllowRule  # the fetcher's own reading of an entry
+    from consumer.adapters.images import METADATA_ADDRESSES  # refused by the fetcher even when allow-listed
 
     bad, wide, useless = [], [], []
     for entry in entries:
@@ -106,7 +105,7 @@ def check_allow_list(entries: Sequence[str]) -> Check:
         net = rule.net
         if net.prefixlen < (8 if net.version == 4 else 32):
             wide.append(text)
-        if net.num_addresses == 1 and str(net.network_address) in _METADATA:
+        if net.num_addresses == 1 and net.network_address in METADATA_ADDRESSES:
             useless.append(text)
     if bad:
         return Check("image allow-list", FAIL, f"not a host, IP or CIDR: {', '.join(map(repr, bad))}")
