@@ -214,7 +214,7 @@ def test_a_dns_server_that_never_answers_ends_at_the_deadline_without_a_helper_t
         with _fetcher(dns, total_s=1.0, connect_s=5.0) as fetcher:
             result, took, extra_threads = _threads_during(lambda: fetcher.fetch(f"http://{NAME}/a.jpg"))
         assert result == FetchResult(None, "timeout")
-        assert 0.9 <= took < 1.6, took  # the deadline, not the resolver's own 5 s default lifetime
+        assert 0.9 <= took < 2.5, took  # the deadline (1.2 s measured), not the resolver's 5 s default lifetime
         assert extra_threads == 0  # the old code started one "image-dns" thread per lookup
         assert dns.asked(NAME)[:1] == ["A"]  # it was asked, and it retried within the lifetime
     finally:
@@ -226,7 +226,7 @@ def test_a_hung_lookup_is_bounded_by_the_connect_timeout_too():
     try:
         with _fetcher(dns, total_s=30.0, connect_s=0.6) as fetcher:
             result, took, _ = _threads_during(lambda: fetcher.fetch(f"http://{NAME}/a.jpg"))
-        assert result == FetchResult(None, "timeout") and took < 1.5, took
+        assert result == FetchResult(None, "timeout") and took < 2.0, took  # 0.6 s measured
     finally:
         dns.close()
 
@@ -237,7 +237,7 @@ def test_a_resolver_that_drops_aaaa_queries_still_resolves_by_a(two_servers):
     try:
         with _fetcher(dns, total_s=5.0, connect_s=1.0) as fetcher:
             result, took, _ = _threads_during(lambda: fetcher.fetch(f"http://{NAME}:{port}/a.jpg"))
-        assert _red(result) and took < 2.0, took  # the A answer stands once the AAAA lookup's lifetime ends
+        assert _red(result) and took < 3.0, took  # the A answer stands once the AAAA lookup's lifetime ends
     finally:
         dns.close()
 
