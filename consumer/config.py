@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, gt=0, description="the longest a drain (on revoke, on lost partitions, at "
                                    "stop) may wait for batches in flight; past it, or when the inference thread is "
                                    "gone, the service exits 1 without committing them")
+    commit_timeout_s: float = Field(15.0, gt=0, description="at-least-once: the longest one offset commit may take, "
+                                    "retries included; past it the service exits 1 (those events are redelivered)")
     transaction_timeout_s: float = Field(15.0, gt=0, description="exactly-once: the longest each transactional step "
                                          "(delivering a transaction's records, sending its offsets, committing it) "
                                          "may take, retries included; past it the service exits 1 without committing")

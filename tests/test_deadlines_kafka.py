@@ -128,3 +128,30 @@ def test_an_unreachable_transaction_coordinator_stops_exactly_once_within_the_tr
     assert took < 3 + 25  # the step's deadline, then the bounded abort and close
     assert sum(committed(s).values()) == 0
     assert read_topic(s, s.output_topic, 1, timeout=5, settle=0) == []  # read_committed: nothing visible
+
+
+def test_an_unreachable_group_coordinator_at_the_final_commit_still_exits_within_the_drain_deadline(
+        settings, image_base, kafka_bootstrap):
+    """At-least-once: delivered results wait for the next commit; SIGTERM's drain commits them. With the
+    broker (the group coordinator) frozen at that moment, the stop still ends within its deadline."""
+    pid = _broker_pid(kafka_bootstrap)
+    s = settings(max_batch_size=4, commit_interval_ms=600_000, drain_timeout_s=3, commit_timeout_s=3)  # commits wait for the drain
+    publish(s, make_events(4, image_base, prefix="a"))
+    svc, t = run_service(s, TinyCategorizer())
+    frozen = None
+    try:  # the first commit goes at once; what is delivered after it waits for the interval, or the drain
+        wait_for(lambda: svc.completed == 4, 120, "the first results and the first commit")
+        publish(s, make_events(4, image_base, prefix="b"))
+        wait_for(lambda: svc.completed == 8 and svc.schedule._pending, 120, "results delivered, a commit waiting")
+        os.kill(pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        svc.stop()
+        t.join(120)
+        took = time.monotonic() - frozen
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert not t.is_alive(), "the final commit never gave up"
+    print(f"unreachable group coordinator at the final commit: stop to exit {took:.1f} s (commit_timeout_s=3), "
+          f"rc={svc.rc}")
+    assert svc.rc == 1 and "offset commit not done within 3 s" in svc.failure
+    assert took < 3 + 25  # before: librdkafka's synchronous commit waited for the coordinator indefinitely

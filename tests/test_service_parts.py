@@ -257,6 +257,40 @@ def test_at_least_once_commit_retries_retriable_errors_and_gives_up_on_others():
     assert d.metrics.commits.n == 1
 
 
+def test_an_at_least_once_commit_that_the_coordinator_never_answers_stops_at_its_deadline():
+    import threading
+
+    class Frozen(Committer):
+        def __init__(self):
+            super().__init__()
+            self.release = threading.Event()
+
+        def commit(self, offsets, asynchronous):
+            self.release.wait(30)  # librdkafka's synchronous commit, with the coordinator gone
+
+    d, _, _ = delivery(AtLeastOnce, Producer())
+    d.commit_timeout_s = 0.3
+    c = Frozen()
+    t0 = time.monotonic()
+    with pytest.raises(PipelineFailed, match="offset commit not done within 0.3 s"):
+        d.commit(c, ["offsets"])
+    c.release.set()
+    assert time.monotonic() - t0 < 1.0 and d.metrics.commits.n == 0
+
+
+def test_leaving_the_group_at_shutdown_has_a_deadline():
+    import threading
+
+    from consumer.adapters.kafka_io import close_within
+
+    release = threading.Event()
+    hung = type("Consumer", (), {"close": lambda self: release.wait(30)})()
+    t0 = time.monotonic()
+    assert close_within(hung, 0.2) is False and time.monotonic() - t0 < 1.0
+    release.set()
+    assert close_within(type("Consumer", (), {"close": lambda self: None})(), 5) is True
+
+
 def test_transactional_settles_inside_the_transaction_and_commits_offsets_with_it():
     p = Producer()
     d, failures, settled = delivery(Transactional, p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from typing import Any
 
@@ -95,3 +96,17 @@ def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | No
             return
         except BufferError:
             producer.poll(wait_s)
+
+
+CLOSE_TIMEOUT_S = 10.0  # leaving the group at shutdown, at most
+
+
+def close_within(consumer: Consumer, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+    """``consumer.close()`` (leave the group: the partitions move at once) with a deadline: librdkafka's has
+    none, and an unreachable group coordinator, or a commit it never answered, holds it indefinitely. Past
+    the deadline the process goes on without it (the group then notices at ``session.timeout.ms``).
+    True when it closed in time."""
+    helper = threading.Thread(target=consumer.close, name="consumer-close", daemon=True)
+    helper.start()
+    helper.join(timeout_s)
+    return not helper.is_alive()

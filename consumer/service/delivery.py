@@ -16,6 +16,7 @@ step raises ``PipelineFailed`` and the service exits 1 without committing.
 """
 from __future__ import annotations
 
+import threading
 import time
 from functools import partial
 from typing import Callable
@@ -36,7 +37,8 @@ INIT_TIMEOUT_S = 60  # init_transactions: fences older epochs, waits for the bro
 ROUND_ABORT_TIMEOUT_S = 30  # aborting a transaction doomed by a refused record, before the next round
 CLOSE_ABORT_TIMEOUT_S = 10  # aborting the open transaction after a failure, at shutdown (at most)
 CLOSE_FLUSH_TIMEOUT_S = 10  # delivering what is queued at shutdown (at most)
-# flush, send_offsets_to_transaction, commit_transaction: settings.transaction_timeout_s each, retries included
+# flush, send_offsets_to_transaction, commit_transaction: settings.transaction_timeout_s each, retries included;
+# at-least-once offset commits: settings.commit_timeout_s, retries included
 TXN_ATTEMPTS = 5  # a transactional call that fails retriably is tried this often
 COMMIT_ATTEMPTS = 3  # at-least-once: a consumer commit that fails retriably is tried this often
 IDLE_ROUNDS = 2  # exactly-once: rounds failing only from purged records before the batch is given up
@@ -117,6 +119,7 @@ class AtLeastOnce(Delivery):
     def __init__(self, settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None]):
         super().__init__(settings, builder, metrics, fail)
         self.commit_interval_s = settings.commit_interval_ms / 1000
+        self.commit_timeout_s = settings.commit_timeout_s
 
     def emit(self, batch: Batch) -> None:
         for out in batch.outs:
@@ -124,10 +127,11 @@ class AtLeastOnce(Delivery):
         batch.emitted = time.perf_counter()
 
     def commit(self, consumer, parts: list[TopicPartition]) -> None:
+        deadline = time.monotonic() + self.commit_timeout_s  # all attempts together
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 if parts:
-                    consumer.commit(offsets=parts, asynchronous=False)
+                    _commit_within(consumer, parts, deadline - time.monotonic(), self.commit_timeout_s)
                     self.metrics.commits.inc()
                 return
             except KafkaException as exc:  # e.g. partitions already reassigned: redelivery, not loss
@@ -239,6 +243,29 @@ class Transactional(Delivery):
             raise PipelineFailed(f"{call.__name__} not done within {timeout_s:g} s "
                                  f"(broker or transaction coordinator unreachable?)")
         raise PipelineFailed(f"transactional call kept failing: {call.__name__}")
+
+
+def _commit_within(consumer, parts: list[TopicPartition], left_s: float, timeout_s: float) -> None:
+    """A synchronous commit with a deadline: librdkafka's has none (a frozen group coordinator holds it
+    indefinitely), so it runs on a helper thread; past the deadline the service stops without it."""
+    if left_s <= 0:
+        raise PipelineFailed(f"offset commit not done within {timeout_s:g} s (group coordinator unreachable?)")
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            consumer.commit(offsets=parts, asynchronous=False)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    helper = threading.Thread(target=commit, name="commit", daemon=True)
+    helper.start()
+    helper.join(left_s)
+    if not outcome:
+        raise PipelineFailed(f"offset commit not done within {timeout_s:g} s (group coordinator unreachable?)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def make_delivery(settings: Settings, builder: RecordBuilder, metrics, fail: Callable[[str], None],

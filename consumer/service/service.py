@@ -19,7 +19,7 @@ from consumer import scoring
 from consumer.batching import MicroBatcher
 from consumer.commits import CommitLedger, CommitSchedule
 from consumer.config import Settings
-from consumer.adapters.kafka_io import make_consumer
+from consumer.adapters.kafka_io import close_within, make_consumer
 from consumer.logs import get_logger
 from consumer.metrics import Metrics
 from consumer.service.builders import RecordBuilder, arrival, decode
@@ -196,5 +196,5 @@ class Service(Rebalancing):
             self.fetcher.close()
         self.delivery.abort()
         self.delivery.close()
-        # Leave the group now so the partitions move at once; after a failure the revoke handler does not drain.
-        self.consumer.close()
+        # Leave the group now so the partitions move at once (bounded); after a failure the revoke handler does not drain.
+        close_within(self.consumer)
