@@ -13,32 +13,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from confluent_kafka import Consumer
 from kafka_helpers import TESTS, committed, make_events, read_topic, run_service, wait_for
-from tiny_categorizer import TinyCategorizer
+from tiny_categorizer import BlockingTiny, TinyCategorizer
 
 from consumer.cli.sample import publish
 from consumer.config import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 REPO = TESTS.parent
-
-
-class Wedged(TinyCategorizer):
-    """An inference that never returns until the test lets it go."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def categorize(self, texts, images):
-        self.entered.set()
-        self.release.wait()
-        return super().categorize(texts, images)
 
 
 def _proc(s: Settings, env_extra: dict[str, str]) -> subprocess.Popen:
@@ -73,7 +59,7 @@ def test_a_revoke_with_a_wedged_inference_gives_up_at_the_drain_deadline_and_fre
         settings, image_base):
     s = settings(max_batch_size=4, drain_timeout_s=2, kafka_options={"session.timeout.ms": "6000"})
     publish(s, make_events(8, image_base))
-    model = Wedged()
+    model = BlockingTiny()  # wedged until the test lets it go
     svc, t = run_service(s, model)
     other = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id,
                       "enable.auto.commit": False, "session.timeout.ms": 6000})

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from kafka_helpers import make_events, read_topic, results, wait_for
-from tiny_categorizer import TinyCategorizer
+from tiny_categorizer import BlockingTiny, TinyCategorizer
 
 from consumer.config import Settings
 from consumer.metrics import Metrics, serve
@@ -140,19 +140,6 @@ def test_a_hung_model_load_fails_liveness_past_the_startup_budget_while_startup_
     finally:
         proc.kill()
         proc.wait()
-
-
-class BlockingTiny(TinyCategorizer):
-    """Inference that hangs until released: what a wedged GPU call looks like from outside."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def categorize(self, texts, images):
-        self.entered.set()
-        self.release.wait(120)
-        return super().categorize(texts, images)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ weights are random, so its *answers* mean nothing; the tests check the pipeline,
 """
 from __future__ import annotations
 
+import threading
 import zlib
 from typing import Sequence
 
@@ -59,3 +60,16 @@ class TinyCategorizer:
         p = kl.ensemble(image_p, text_p, used, self.image_weight)
         choices = kl.choose(kl.kl_matrix(p, PROJECTION), TARGETS)
         return [Decision(c.category, c.kl, c.alternatives, c.abstained, bool(u)) for c, u in zip(choices, used)]
+
+
+class BlockingTiny(TinyCategorizer):
+    """Inference that hangs until released: what a wedged GPU call looks like from outside."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def categorize(self, texts, images):
+        self.entered.set()
+        self.release.wait(120)
+        return super().categorize(texts, images)
