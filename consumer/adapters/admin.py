@@ -49,8 +49,8 @@ def check_startup(settings: Settings, timeout_s: float | None = None, topics: li
         why = specific[-1].str() if specific else exc.args[0].str()
         raise StartupError(f"Kafka at {where} not reachable within {timeout_s:g} s "
                            f"(SHELVER_STARTUP_TIMEOUT_S): {why}") from None
-    # hitl topics are not required here: the corrections reader runs without its topics, and the review
-    # topic is checked once the model is loaded (only a calibrated model sends results there).
+    # hitl topics are not required here: the corrections reader runs without its topics, and whether the
+    # review topic is required is consumer.startup's rule (`shelver consume` passes it in ``topics``).
     wanted = core_topics(settings) if topics is None else topics
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     while missing and time.monotonic() < deadline:  # just created by a deploy step: metadata catches up
