@@ -62,6 +62,16 @@ def test_doctor_masks_the_credentials_in_the_bootstrap_servers(monkeypatch, caps
     assert rows(captured.out)["broker"][1].startswith("PLAINTEXT://***@127.0.0.1:1")
 
 
+def test_doctor_fails_on_a_schema_registry_that_does_not_answer_as_consume_does(monkeypatch, capsys):
+    monkeypatch.setenv("SHELVER_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("SHELVER_SCHEMA_REGISTRY_URL", "http://reg-user:reg-pw-9a9a@127.0.0.1:1")
+    assert main(["doctor", "--skip-artifact", "--timeout", "1"]) == 1
+    captured = capsys.readouterr()
+    verdict, detail = rows(captured.out)["schema registry"]
+    assert verdict == FAIL and "http://***@127.0.0.1:1 not answering" in detail
+    assert "reg-pw-9a9a" not in captured.out + captured.err
+
+
 def test_label_space_check_names_each_disagreement():
     labels, targets = ["a", "b", "c"], ["X", "OTHERS"]
     good = doctor.check_label_space(labels, labels, 3, (2, 3), targets, targets, "OTHERS")
@@ -143,7 +153,7 @@ def test_missing_topic_fails_its_line_and_the_exit_status(kafka_bootstrap, topic
     assert table["topic dead letters"][0] == FAIL and "doctor-dlq-never-created" in table["topic dead letters"][1]
     assert {name: v for name, (v, _) in table.items() if name != "topic dead letters"} == {
         "configuration": OK, "broker": OK, "topic input": OK, "topic replay": OK, "topic output": OK,
-        "topic review": OK, "image allow-list": OK}
+        "topic review": OK, "schema registry": OK, "image allow-list": OK}
     assert "3 partitions" in table["topic input"][1]
 
 
@@ -161,7 +171,7 @@ def test_all_checks_pass_against_a_ready_broker_and_the_committed_artifact(kafka
     table = rows(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert set(table) == {"configuration", "broker", "topic input", "topic replay", "topic output",
-                          "topic dead letters", "topic review", "artifact", "label space", "image allow-list", "device"}
+                          "topic dead letters", "topic review", "schema registry", "artifact", "label space", "image allow-list", "device"}
     assert all(verdict == OK for verdict, _ in table.values()), out.stdout
     assert "93 source labels -> 12 categories" in table["label space"][1]
 

@@ -2,7 +2,8 @@
 
 One table, one verdict per line (``ok``, ``warn``, ``FAIL``), exit status 1 when any line
 fails. It runs the checks a first batch would otherwise trip over, each reported on its own
-rather than stopping at the first: the settings, the broker, the topics ``shelver consume``
+rather than stopping at the first: the settings, the broker, the schema registry when one is
+configured, the topics ``shelver consume``
 requires (``consumer.startup``: the four core topics, and the review topic when results are
 routed to it, so the doctor cannot pass where consume exits 1), the artifact
 (it loads, and its label space agrees with its projections), the image allow-list and the
@@ -158,6 +159,21 @@ def check_broker_and_topics(settings, timeout_s: float) -> list[Check]:
     return [broker, *check_topics(wanted, found)]
 
 
+def check_schema_registry(settings, timeout_s: float) -> Check:
+    """The registry `shelver consume` checks at start (consumer.adapters.admin.check_schema_registry)."""
+    from consumer.adapters.admin import StartupError, check_schema_registry
+    from consumer.logs import Scrubber
+    from consumer.secrets import mask_url
+
+    if not settings.schema_registry_url:
+        return Check("schema registry", OK, "none: single-object encoding")
+    try:
+        check_schema_registry(settings, timeout_s)
+    except StartupError as exc:
+        return Check("schema registry", FAIL, Scrubber(settings.secret_values())(str(exc)))
+    return Check("schema registry", OK, f"{mask_url(settings.schema_registry_url)} answers")
+
+
 def check_artifact(settings) -> list[Check]:
     """Loads the artifact as ``shelver consume`` does (TensorFlow, warm-up) and checks its parts."""
     try:
@@ -206,6 +222,7 @@ def run(timeout_s: float = 10.0, skip_artifact: bool = False) -> tuple[list[Chec
                                          f"{'schema registry' if settings.schema_registry_url else 'single-object'} "
                                          "encoding")]
     checks += check_broker_and_topics(settings, timeout_s)
+    checks.append(check_schema_registry(settings, timeout_s))  # consume's start-up check too
     if not skip_artifact:
         checks += check_artifact(settings)
     checks.append(check_allow_list(settings.image_allowed_hosts))
