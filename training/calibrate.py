@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from models.calibration import FEATURES, FILE, KL_FEATURES, Calibration
+from training.metrics import TARGET_ACCURACY, accuracy_at_coverage, coverage_at_accuracy, coverage_curve
 
-TARGET_ACCURACY = 0.95
 
 
 def fit_platt(x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, l2: float = 1e-3,
@@ -71,26 +71,6 @@ def ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
     bins = reliability(conf, correct, n_bins)
     n = sum(b["n"] for b in bins)
     return float(sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["n"]) / max(n, 1))
-
-
-def coverage_curve(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(coverage, accuracy of the auto-accepted) when accepting the k most confident, k = 1..N."""
-    order = np.argsort(-np.asarray(conf), kind="stable")
-    c = np.asarray(correct, float)[order]
-    k = np.arange(1, len(c) + 1)
-    return k / len(c), np.cumsum(c) / k
-
-
-def accuracy_at_coverage(conf, correct, coverage: float) -> float:
-    cov, acc = coverage_curve(conf, correct)
-    return float(acc[max(0, int(np.ceil(coverage * len(cov))) - 1)])
-
-
-def coverage_at_accuracy(conf, correct, target: float = TARGET_ACCURACY) -> float:
-    """The largest share of most-confident rows whose accuracy is still at least ``target`` (0 if none)."""
-    cov, acc = coverage_curve(conf, correct)
-    ok = np.flatnonzero(acc >= target)
-    return float(cov[ok[-1]]) if len(ok) else 0.0
 
 
 def threshold_for_accuracy(conf: np.ndarray, correct: np.ndarray, target: float = TARGET_ACCURACY) -> float:

@@ -15,6 +15,7 @@ were written by a person who read all 500.
     python -m training.marketplace_eval --out /tmp/text_eval.json   # ablation + baseline
     python -m training.marketplace_eval --cv                        # the tuning evidence
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,18 @@ def load_dev(path: Path = DEV_LABELS) -> pd.DataFrame:
     return dev
 
 
-def dev_split(dev: pd.DataFrame, examples_frac: float = 0.4, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def dev_split(
+    dev: pd.DataFrame, examples_frac: float = 0.4, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """(examples, evaluation) row positions; identical normalized descriptions stay together,
     groups are assigned per label so both parts keep the label mix."""
     rng = np.random.default_rng(seed)
     key = [normalize(t) for t in dev["text"]]
-    groups = pd.DataFrame({"key": key, "label": dev["label"].to_numpy()}).groupby("key", sort=True)["label"].first()
+    groups = (
+        pd.DataFrame({"key": key, "label": dev["label"].to_numpy()})
+        .groupby("key", sort=True)["label"]
+        .first()
+    )
     ex_keys: set[str] = set()
     for _, keys in groups.groupby(groups, sort=True):
         ks = np.array(sorted(keys.index))
@@ -63,7 +70,9 @@ def dev_split(dev: pd.DataFrame, examples_frac: float = 0.4, seed: int = SPLIT_S
     return np.flatnonzero(is_ex), np.flatnonzero(~is_ex)
 
 
-def target_soft_labels(taxonomy: Taxonomy, labels: Sequence[str], class_counts: np.ndarray) -> dict[str, np.ndarray]:
+def target_soft_labels(
+    taxonomy: Taxonomy, labels: Sequence[str], class_counts: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per target, a distribution over its source classes proportional to catalogue frequency:
     how a marketplace item of that target is mapped to a "representative" source label."""
     out = {}
@@ -75,18 +84,80 @@ def target_soft_labels(taxonomy: Taxonomy, labels: Sequence[str], class_counts: 
     return out
 
 
-def keyword_sentences(taxonomy: Taxonomy, n_per_target: int, seed: int) -> tuple[list[str], list[str]]:
-    """Synthetic attribute-list sentences per target made of its keywords (weak supervision),
-    shaped like the marketplace's "Midi design, Flared design, V-neck" lists."""
-    rng = np.random.default_rng(seed)
-    texts, names = [], []
-    for c in taxonomy.categories:
-        kws = list(c.keywords)
-        for _ in range(n_per_target):
-            k = int(rng.integers(2, min(6, len(kws)) + 1))
-            texts.append(", ".join(rng.choice(kws, size=k, replace=False)).capitalize())
-            names.append(c.name)
-    return texts, names
+# The model card's ablation: which training sources each variant keeps.
+ABLATION = {
+    "full": {},
+    "without H&M": {"hm": False},
+    "without descriptions": {"hm": False, "descriptions": False},
+    "titles only": {"hm": False, "descriptions": False, "example_weight": 0.0},
+}
+
+
+def training_corpus(
+    df: pd.DataFrame,
+    space: data.LabelSpace,
+    taxonomy: Taxonomy,
+    dev: pd.DataFrame,
+    examples_idx: np.ndarray,
+    train_rows: np.ndarray,
+    titles: bool = True,
+    descriptions: bool = True,
+    hm: bool = True,
+    example_weight: float = 3.0,
+) -> text_corpus.Corpus:
+    """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
+    of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
+    never the evaluation part). Catalogue and H&M rows get one-hot source labels where their type
+    is a source class; the examples a soft row over their target's source classes."""
+    y = space.encode(df["articleType"])
+    n = len(space.labels)
+    soft = target_soft_labels(
+        taxonomy, space.labels, np.bincount(y[train_rows], minlength=n).astype(np.float64)
+    )
+    onehot = np.eye(n, dtype=np.float32)
+    to_target = data.article_type_targets()
+    article_types = df["articleType"].tolist()
+    corpus = text_corpus.Corpus()
+    if titles:
+        names = df["productDisplayName"].tolist()
+        corpus.add(
+            "catalogue titles",
+            [names[i] for i in train_rows],
+            onehot[y[train_rows]],
+            1.0,
+            [to_target[article_types[i]] for i in train_rows],
+        )
+    if descriptions:
+        desc = text_corpus.catalogue_descriptions()
+        ids = df["id"].to_numpy()
+        rows = [i for i in train_rows if int(ids[i]) in desc]
+        corpus.add(
+            "catalogue descriptions",
+            [desc[int(ids[i])] for i in rows],
+            onehot[y[rows]],
+            1.0,
+            [to_target[article_types[i]] for i in rows],
+        )
+    if hm:
+        art = text_corpus.hm_articles()
+        corpus.add(
+            "H&M descriptions",
+            art["text"].tolist(),
+            text_corpus.label_rows(space, art["article_type"], art["target"], soft),
+            1.0,
+            art["target"].tolist(),
+        )
+    ex = dev.iloc[examples_idx]
+    ex = ex[ex["label"] != UNLABELABLE]
+    if example_weight > 0 and len(ex):
+        corpus.add(
+            "marketplace examples",
+            ex["text"].tolist(),
+            np.stack([soft[k] for k in ex["label"]]),
+            example_weight,
+            ex["label"].tolist(),
+        )
+    return corpus
 
 
 def train_marketplace_text_model(
@@ -98,8 +169,6 @@ def train_marketplace_text_model(
     init: str = "cbow+glove",
     epochs: int = 6,
     seed: int = 0,
-    keyword_weight: float = 0.0,
-    n_keyword: int = 150,
     example_weight: float = 3.0,
     verbose: int = 1,
     char_ngrams: tuple[int, int] | None = (3, 5),
@@ -108,50 +177,49 @@ def train_marketplace_text_model(
     titles: bool = True,
     **train_kw,
 ) -> tuple[TextModel, dict]:
-    """The production recipe: catalogue titles and descriptions (train split), H&M descriptions
-    (``training/labels/hm_product_type_to_target.yaml``) and the labelled taxonomy examples
-    (mapped to soft source labels), with hashed character n-gram subwords, read through the
-    boilerplate-stripping normalizer (``v2``). Word vectors are pretrained on the titles, the
-    Myntra catalogue's attribute lists and the examples' descriptions (never the evaluation
-    part). Keyword sentences (weak supervision from the taxonomy's keywords, which were written
-    after reading all 500 development descriptions) are off by default. Returns the model and
+    """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
+    descriptions, the labelled examples) read through the boilerplate-stripping normalizer
+    (``v2``), a fastText-style bag of words, hashed bigrams and character 3–5-gram subwords.
+    Word vectors are pretrained on the titles, the Myntra catalogue's attribute lists and the
+    examples' descriptions (never the evaluation part). The taxonomy's keywords play no part
+    (they were written after reading all 500 development descriptions). Returns the model and
     its history, incl. catalogue held-out source top-1 (``catalogue_top1``) and the corpus size
     per source (``corpus``)."""
     y = space.encode(df["articleType"])
     tr, te = data.split(df, y)
     all_titles = df["productDisplayName"].tolist()
-    n = len(space.labels)
-    soft = target_soft_labels(taxonomy, space.labels, np.bincount(y[tr], minlength=n).astype(np.float64))
-    onehot = np.eye(n, dtype=np.float32)
-    corpus = text_corpus.Corpus()
-    if titles:
-        corpus.add("catalogue titles", [all_titles[i] for i in tr], onehot[y[tr]], 1.0)
-    if descriptions:
-        desc = text_corpus.catalogue_descriptions()
-        ids = df["id"].to_numpy()
-        rows = [i for i in tr if int(ids[i]) in desc]
-        corpus.add("catalogue descriptions", [desc[int(ids[i])] for i in rows], onehot[y[rows]], 1.0)
-    if hm:
-        art = text_corpus.hm_articles()
-        corpus.add("H&M descriptions", art["text"].tolist(),
-                   text_corpus.label_rows(space, art["article_type"], art["target"], soft), 1.0)
-    if keyword_weight > 0:
-        kt, kn = keyword_sentences(taxonomy, n_keyword, seed)
-        corpus.add("taxonomy keyword sentences", kt, np.stack([soft[k] for k in kn]), keyword_weight)
-    ex = dev.iloc[examples_idx]
-    ex = ex[ex["label"] != UNLABELABLE]
-    if example_weight > 0 and len(ex):
-        corpus.add("marketplace examples", ex["text"].tolist(), np.stack([soft[k] for k in ex["label"]]),
-                   example_weight)
+    corpus = training_corpus(
+        df,
+        space,
+        taxonomy,
+        dev,
+        examples_idx,
+        tr,
+        titles=titles,
+        descriptions=descriptions,
+        hm=hm,
+        example_weight=example_weight,
+    )
     texts, rows_y, weights = corpus.arrays()
     market = dev["text"].iloc[examples_idx].tolist()
     myntra = text_corpus.myntra_texts()
     pretrain = market + myntra + all_titles
     tm, hist = train_text_model(
-        texts, rows_y, [all_titles[i] for i in te], y[te], space.labels, pretrain, init=init,
-        epochs=epochs, seed=seed, sample_weight=weights,
-        pretrain_weights=[5] * len(market) + [1] * (len(myntra) + len(all_titles)), verbose=verbose,
-        char_ngrams=char_ngrams, normalizer="v2", **train_kw,
+        texts,
+        rows_y,
+        [all_titles[i] for i in te],
+        y[te],
+        space.labels,
+        pretrain,
+        init=init,
+        epochs=epochs,
+        seed=seed,
+        sample_weight=weights,
+        pretrain_weights=[5] * len(market) + [1] * (len(myntra) + len(all_titles)),
+        verbose=verbose,
+        char_ngrams=char_ngrams,
+        normalizer="v2",
+        **train_kw,
     )
     hist["catalogue_top1"] = float((tm.predict_proba([all_titles[i] for i in te]).argmax(1) == y[te]).mean())
     hist["corpus"] = corpus.counts()
@@ -159,7 +227,12 @@ def train_marketplace_text_model(
 
 
 def evaluate_text_choice(
-    tm: TextModel, taxonomy: Taxonomy, dev: pd.DataFrame, examples_idx, eval_idx, threshold: float | None = None,
+    tm: TextModel,
+    taxonomy: Taxonomy,
+    dev: pd.DataFrame,
+    examples_idx,
+    eval_idx,
+    threshold: float | None = None,
     **proj_kw,
 ) -> dict:
     """KL choice from text alone on the evaluation items (labelable ones)."""
@@ -168,8 +241,9 @@ def evaluate_text_choice(
     q = build_projections(taxonomy, tm.labels, tm, list(zip(ex["text"], ex["label"])), **proj_kw)
     ev = dev.iloc[eval_idx]
     ev = ev[ev["label"] != UNLABELABLE]
-    choices = choose_categories(tm.predict_proba(ev["text"].tolist()), q, taxonomy.targets, threshold,
-                                taxonomy.fallback)
+    choices = choose_categories(
+        tm.predict_proba(ev["text"].tolist()), q, taxonomy.targets, threshold, taxonomy.fallback
+    )
     return target_metrics([c.category for c in choices], ev["label"].tolist(), taxonomy.targets)
 
 
@@ -199,8 +273,18 @@ PROJECTION_GRID = {  # (w_text, w_map, w_examples, alpha)
 }
 
 
-def cross_validate(df, space, taxonomy, dev, examples_idx, init: str = "cbow+glove", epochs: int = 6,
-                   seed: int = 0, folds: int = 2, **train_kw) -> dict:
+def cross_validate(
+    df,
+    space,
+    taxonomy,
+    dev,
+    examples_idx,
+    init: str = "cbow+glove",
+    epochs: int = 6,
+    seed: int = 0,
+    folds: int = 2,
+    **train_kw,
+) -> dict:
     """k-fold CV inside the taxonomy examples only (evaluation items untouched): accuracy of
     each projection setting and of abstaining above KL quantiles, averaged over folds.
     Folds group identical texts; ``train_kw`` go to `train_marketplace_text_model`."""
@@ -212,13 +296,22 @@ def cross_validate(df, space, taxonomy, dev, examples_idx, init: str = "cbow+glo
     res: dict[str, list[float]] = {}
     for f in range(folds):
         a, b = examples_idx[f_ex != f], examples_idx[f_ex == f]
-        tm, _ = train_marketplace_text_model(df, space, taxonomy, dev, a, init=init, epochs=epochs, seed=seed,
-                                             verbose=0, **train_kw)
+        tm, _ = train_marketplace_text_model(
+            df, space, taxonomy, dev, a, init=init, epochs=epochs, seed=seed, verbose=0, **train_kw
+        )
         ex = dev.iloc[a]
         ex = ex[ex["label"] != UNLABELABLE]
         for name, (wt, wm, we, al) in PROJECTION_GRID.items():
-            q = build_projections(taxonomy, tm.labels, tm, list(zip(ex["text"], ex["label"])), alpha=al,
-                                  w_text=wt, w_map=wm, w_examples=we)
+            q = build_projections(
+                taxonomy,
+                tm.labels,
+                tm,
+                list(zip(ex["text"], ex["label"])),
+                alpha=al,
+                w_text=wt,
+                w_map=wm,
+                w_examples=we,
+            )
             for qt, r in zip(["never", 0.5, 0.8, 0.9, 0.95], abstain_curve(tm, taxonomy, dev, b, q)):
                 if qt == "never":
                     res.setdefault(name, []).append(r["accuracy"])
@@ -227,8 +320,16 @@ def cross_validate(df, space, taxonomy, dev, examples_idx, init: str = "cbow+glo
     return {k: float(np.mean(v)) for k, v in res.items()}
 
 
-def original_method(df: pd.DataFrame, taxonomy: Taxonomy, dev: pd.DataFrame, eval_idx, init: str = "cbow",
-                    epochs: int = 6, seed: int = 0, verbose: int = 1) -> dict:
+def original_method(
+    df: pd.DataFrame,
+    taxonomy: Taxonomy,
+    dev: pd.DataFrame,
+    eval_idx,
+    init: str = "cbow",
+    epochs: int = 6,
+    seed: int = 0,
+    verbose: int = 1,
+) -> dict:
     """The prototype: subCategory text model (titles only), top-3 sparsified p and q, q_t from the
     bare normalized category name, KL choice. Text only (marketplace images are unreachable)."""
     subs = sorted(df["subCategory"].unique())
@@ -236,15 +337,27 @@ def original_method(df: pd.DataFrame, taxonomy: Taxonomy, dev: pd.DataFrame, eva
     tr, te = data.split(df, y)
     titles = df["productDisplayName"].tolist()
     market = [d["description"] for d in data.load_marketplace()]
-    tm, hist = train_text_model([titles[i] for i in tr], y[tr], [titles[i] for i in te], y[te], subs,
-                                market + titles, init=init, epochs=epochs, seed=seed, verbose=verbose)
+    tm, hist = train_text_model(
+        [titles[i] for i in tr],
+        y[tr],
+        [titles[i] for i in te],
+        y[te],
+        subs,
+        market + titles,
+        init=init,
+        epochs=epochs,
+        seed=seed,
+        verbose=verbose,
+    )
     q = baseline.baseline_projections(tm.predict_proba(baseline.category_queries(taxonomy.targets)))
     ev = dev.iloc[eval_idx]
     ev = ev[ev["label"] != UNLABELABLE]
     p = baseline.baseline_prediction(None, tm.predict_proba(ev["text"].tolist()))
     pred = baseline.baseline_choose(p, q, taxonomy.targets)
     res = target_metrics(pred, ev["label"].tolist(), taxonomy.targets)
-    res["catalogue_subcategory_top1"] = float((tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean())
+    res["catalogue_subcategory_top1"] = float(
+        (tm.predict_proba([titles[i] for i in te]).argmax(1) == y[te]).mean()
+    )
     res["train_seconds"] = hist["seconds"]
     return res
 
@@ -254,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--inits", default=",".join(INITS))
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="full,no-keywords,no-examples,titles-only")
+    ap.add_argument("--variants", default=",".join(ABLATION))
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--cv", action="store_true", help="only the k-fold CV inside the taxonomy examples")
     ap.add_argument("--cv-folds", type=int, default=3)
@@ -268,36 +381,63 @@ def main(argv: Sequence[str] | None = None) -> None:
     ex_idx, ev_idx = dev_split(dev)
     ngrams = None if args.char_ngrams == "none" else tuple(int(x) for x in args.char_ngrams.split(","))
     if args.cv:
-        for k, v in cross_validate(df, space, taxonomy, dev, ex_idx, epochs=args.epochs, seed=args.seed,
-                                   folds=args.cv_folds, char_ngrams=ngrams).items():
+        for k, v in cross_validate(
+            df,
+            space,
+            taxonomy,
+            dev,
+            ex_idx,
+            epochs=args.epochs,
+            seed=args.seed,
+            folds=args.cv_folds,
+            char_ngrams=ngrams,
+        ).items():
             print(f"cv {k:50s} {v:.4f}")
         return
-    variants = {
-        "full": {},
-        "no-keywords": {"keyword_weight": 0.0},
-        "no-examples": {"example_weight": 0.0},
-        "titles-only": {"keyword_weight": 0.0, "example_weight": 0.0},
+    variants = ABLATION
+    report: dict = {
+        "split": {"examples": len(ex_idx), "evaluation": len(ev_idx), "seed": SPLIT_SEED},
+        "runs": [],
     }
-    report: dict = {"split": {"examples": len(ex_idx), "evaluation": len(ev_idx), "seed": SPLIT_SEED}, "runs": []}
     for variant in args.variants.split(","):
         for init in args.inits.split(","):
-            tm, hist = train_marketplace_text_model(df, space, taxonomy, dev, ex_idx, init=init, epochs=args.epochs,
-                                                    seed=args.seed, verbose=0, char_ngrams=ngrams,
-                                                    **variants[variant])
+            tm, hist = train_marketplace_text_model(
+                df,
+                space,
+                taxonomy,
+                dev,
+                ex_idx,
+                init=init,
+                epochs=args.epochs,
+                seed=args.seed,
+                verbose=0,
+                char_ngrams=ngrams,
+                **variants[variant],
+            )
             use_ex = variants[variant].get("example_weight", 1) > 0
             res = evaluate_text_choice(tm, taxonomy, dev, ex_idx if use_ex else [], ev_idx)
-            row = {"variant": variant, "init": init, "catalogue_top1": hist["catalogue_top1"],
-                   "market_acc": res["accuracy"], "market_macro_f1": res["macro_f1"],
-                   "train_seconds": round(hist["seconds"], 1), "eval": res}
+            row = {
+                "variant": variant,
+                "init": init,
+                "catalogue_top1": hist["catalogue_top1"],
+                "market_acc": res["accuracy"],
+                "market_macro_f1": res["macro_f1"],
+                "train_seconds": round(hist["seconds"], 1),
+                "eval": res,
+            }
             report["runs"].append(row)
-            print(f"{variant:12s} {init:11s} catalogue top1 {row['catalogue_top1']:.4f}  market acc "
-                  f"{row['market_acc']:.4f}  macro-F1 {row['market_macro_f1']:.4f}  ({row['train_seconds']}s)",
-                  flush=True)
+            print(
+                f"{variant:12s} {init:11s} catalogue top1 {row['catalogue_top1']:.4f}  market acc "
+                f"{row['market_acc']:.4f}  macro-F1 {row['market_macro_f1']:.4f}  ({row['train_seconds']}s)",
+                flush=True,
+            )
     if not args.no_baseline:
         base = original_method(df, taxonomy, dev, ev_idx, epochs=args.epochs, seed=args.seed, verbose=0)
         report["original_method"] = base
-        print(f"original method (subCategory, top-3, bare names): market acc {base['accuracy']:.4f}  "
-              f"macro-F1 {base['macro_f1']:.4f}  subCategory top1 {base['catalogue_subcategory_top1']:.4f}")
+        print(
+            f"original method (subCategory, top-3, bare names): market acc {base['accuracy']:.4f}  "
+            f"macro-F1 {base['macro_f1']:.4f}  subCategory top1 {base['catalogue_subcategory_top1']:.4f}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))

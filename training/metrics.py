@@ -1,4 +1,5 @@
 """Metric helpers shared by `shelver train` and `shelver evaluate` (pure numpy/sklearn)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -29,3 +30,26 @@ def target_metrics(pred: Sequence[str], true: Sequence[str], targets: Sequence[s
         "per_class_recall": {t: float((pred[true == t] == t).mean()) for t in present},
         "confusion": confusion_matrix(true, pred, labels=list(targets)).tolist(),
     }
+
+
+TARGET_ACCURACY = 0.95  # what a reviewer-free decision must reach
+
+
+def coverage_curve(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, accuracy of the auto-accepted) when accepting the k most confident, k = 1..N."""
+    order = np.argsort(-np.asarray(conf), kind="stable")
+    c = np.asarray(correct, float)[order]
+    k = np.arange(1, len(c) + 1)
+    return k / len(c), np.cumsum(c) / k
+
+
+def accuracy_at_coverage(conf, correct, coverage: float) -> float:
+    cov, acc = coverage_curve(conf, correct)
+    return float(acc[max(0, int(np.ceil(coverage * len(cov))) - 1)])
+
+
+def coverage_at_accuracy(conf, correct, target: float = TARGET_ACCURACY) -> float:
+    """The largest share of most-confident rows whose accuracy is still at least ``target`` (0 if none)."""
+    cov, acc = coverage_curve(conf, correct)
+    ok = np.flatnonzero(acc >= target)
+    return float(cov[ok[-1]]) if len(ok) else 0.0

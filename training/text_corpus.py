@@ -4,6 +4,7 @@ hand-labelled marketplace examples, as (text, label row, weight) triples over th
 Every source is optional (the ablation in the model card leaves them out one at a time), and
 every text goes in raw: the model's own encoder normalizes it, as the service does.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,9 @@ def hm_articles(path: Path = HM_ARTICLES) -> pd.DataFrame:
     df = pd.read_parquet(path, columns=["product_type_name", "detail_desc"]).dropna()
     df = df[df["detail_desc"].str.strip() != ""]
     df = df[df["product_type_name"].isin(mapping)].drop_duplicates(["detail_desc", "product_type_name"])
-    df = df.sort_values(["product_type_name", "detail_desc"]).reset_index(drop=True)  # file order never matters
+    df = df.sort_values(["product_type_name", "detail_desc"]).reset_index(
+        drop=True
+    )  # file order never matters
     df["target"] = [mapping[t][0] for t in df["product_type_name"]]
     df["article_type"] = [mapping[t][1] for t in df["product_type_name"]]
     return df.rename(columns={"detail_desc": "text"})
@@ -62,17 +65,21 @@ def myntra_texts(path: Path = MYNTRA) -> list[str]:
 
 @dataclass
 class Corpus:
-    """Parallel lists: raw texts, label rows [N, S] (one-hot or soft), weights, and the source of each."""
+    """Parallel lists: raw texts, label rows [N, S] (one-hot or soft), weights, the target
+    category of each text (what the TF-IDF baseline learns) and its source."""
 
     texts: list[str] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
     weights: list[np.ndarray] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
-    def add(self, source: str, texts: list[str], rows: np.ndarray, weight: float) -> None:
+    def add(self, source: str, texts: list[str], rows: np.ndarray, weight: float, targets: list[str]) -> None:
+        assert len(texts) == len(rows) == len(targets), source
         self.texts += texts
         self.rows.append(np.asarray(rows, np.float32))
         self.weights.append(np.full(len(texts), weight, np.float32))
+        self.targets += list(targets)
         self.sources += [source] * len(texts)
 
     def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
