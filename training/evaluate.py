@@ -23,7 +23,7 @@ from models import kl
 from models.artifact import load_categorizer
 from models.paths import REPO_ROOT, REPORTS_DIR, newest_artifact
 from models.taxonomy import load_taxonomy
-from training import baseline, data, text_corpus, tfidf_baseline
+from training import baseline, data, model_card, text_corpus, tfidf_baseline
 from training.metrics import accuracy_at_coverage, coverage_at_accuracy, source_metrics, target_metrics
 from training.image_features import extract_features, image_probabilities
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, training_corpus
@@ -125,6 +125,8 @@ def parse_args(argv):
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-marketplace", action="store_true")
     ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
+    ap.add_argument("--model-card", action="store_true",
+                    help="(re)write MODEL_CARD.md in the artifact folder from this evaluation")
     return ap.parse_args(argv)
 
 
@@ -226,8 +228,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for r, t, p in zip(rows, true_t, predictions["ensemble"])
         if t != p
     ]
+    card = Path(artifact_dir) / "MODEL_CARD.md"
+    if args.model_card:
+        card.write_text(model_card.render(manifest, results))
     write_report(
-        results, manifest, errors, market, args.report_dir, card=Path(artifact_dir) / "MODEL_CARD.md"
+        results, manifest, errors, market, args.report_dir, card=card
     )
     print(json.dumps(results["summary"], indent=1))
     return results

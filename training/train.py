@@ -27,7 +27,15 @@ from models.paths import ARTIFACTS_DIR, REPORTS_DIR
 from models.taxonomy import build_projections, load_taxonomy
 from training import data
 from training.image_features import extract_features, image_probabilities
-from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
+from training.marketplace_eval import (
+    ABLATION,
+    TAXONOMY,
+    UNLABELABLE,
+    dev_split,
+    evaluate_text_choice,
+    load_dev,
+    train_marketplace_text_model,
+)
 from training.train_image import fine_tune, train_head
 
 log = structlog.get_logger(__name__)
@@ -54,6 +62,29 @@ def tune_image_weight(image_p, text_p, q, targets, true_targets, grid=np.linspac
     return max(scores)[2]
 
 
+def ablate(df, space, taxonomy, dev, args, full_model, full_hist) -> dict:
+    """The model card's ablation: the same recipe and seed without each source, each scored on the
+    marketplace evaluation part (text only, KL choice), beside the full model scored the same way."""
+    examples_idx, eval_idx = dev_split(dev)
+    out = {}
+    for name, keep in ABLATION.items():
+        if args.no_hm and name == "without H&M":
+            continue  # the main model already is this variant
+        t = time.time()
+        if name == "full":
+            tm, hist = full_model, full_hist
+        else:
+            tm, hist = train_marketplace_text_model(df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs,
+                                                    seed=args.seed, verbose=0, **{"hm": not args.no_hm, **keep})
+        uses_examples = keep.get("example_weight", 1) > 0
+        res = evaluate_text_choice(tm, taxonomy, dev, examples_idx if uses_examples else [], eval_idx)
+        out[name] = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
+                     "corpus": list(hist["corpus"]),
+                     "seconds": round(hist["seconds"] if name == "full" else time.time() - t, 1)}
+        log.info("ablation", variant=name, accuracy=round(res["accuracy"], 4))
+    return out
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="shelver train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="catalogue folder in the Kaggle layout (default: SHELVER_DATA_DIR or ../shared/...)")
@@ -74,6 +105,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--taxonomy", type=Path, default=TAXONOMY)
     ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     ap.add_argument("--no-evaluate", action="store_true")
+    ap.add_argument("--no-hm", action="store_true",
+                    help="leave H&M's descriptions out of the text model (their licence restricts use; "
+                         "the model card's ablation says what that costs)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also train the text model without H&M, without descriptions and on titles only, and "
+                         "score each on the marketplace evaluation part (for the model card; ~15 min more)")
     return ap.parse_args(argv)
 
 
@@ -101,9 +138,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     examples_idx, _ = dev_split(dev)
     t = time.time()
     text_model, text_hist = train_marketplace_text_model(
-        df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed
+        df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed, hm=not args.no_hm
     )
     text_seconds = time.time() - t
+    ablation = ablate(df, space, taxonomy, dev, args, text_model, text_hist) if args.ablation else None
 
     t = time.time()
     paths = df["image_path"].tolist()
@@ -153,7 +191,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "size": list(image_size),
             "input": "uint8 RGB 0..255 (scaling inside the model)",
         },
-        "text": {"recipe": "CBOW+GloVe init, fastText-style bag of words + hashed bigrams", "epochs": args.text_epochs},
+        "text": {
+            "recipe": "fastText-style bag of words, hashed word bigrams and character 3-5-grams over the v2 "
+                      "(boilerplate-stripping) normalizer; CBOW+GloVe word vectors; trained on "
+                      + ", ".join(text_hist["corpus"]),
+            "epochs": args.text_epochs,
+            "normalizer": text_model.encoder.normalizer,
+            "corpus": text_hist["corpus"],
+            "ablation": ablation,
+        },
         "taxonomy": {"version": taxonomy.version, "targets": list(taxonomy.targets)},
         "ensemble": {"image_weight": image_weight, "abstain_threshold": None, "fallback": taxonomy.fallback},
         "training": {
@@ -174,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not args.no_evaluate:
         from training import evaluate
 
-        metrics = evaluate.main(["--artifact", str(out), "--report-dir", str(args.report_dir)]
+        metrics = evaluate.main(["--artifact", str(out), "--report-dir", str(args.report_dir), "--model-card"]
                                 + (["--data", args.data] if args.data else [])
                                 + (["--per-class", str(args.per_class)] if args.per_class else []))
         manifest["metrics"] = metrics["summary"]
