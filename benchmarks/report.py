@@ -35,6 +35,15 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
         "|---|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {r.mode} | {r.engine} | {r.batch} | {r.events} | {r.seconds:.1f} | {r.eps:.1f} |" for r in rows]
+    if header.get("text_cost"):
+        lines += ["", "## Text model cost", "",
+                  "Core-ms per event at batch 32 (process CPU time, all threads; `benchmarks/text_cost.py`): the "
+                  "normalizer and encoder in Python, then the text model on the encoded ids. Budget: 2 core-ms.", "",
+                  "| engine | texts | ids per event | encode | model | total |", "|---|---|---:|---:|---:|---:|"]
+        for engine, by_texts in header["text_cost"].items():
+            for kind, c in by_texts.items():
+                lines.append(f"| {engine} | {kind} | {c['ids_per_event']:.0f} | {c['encode']:.2f} | "
+                             f"{c['model']:.2f} | **{c['total']:.2f}** |")
     lines += ["", "End to end: a backlog on 6 partitions, timed from the first partition assignment to the commit of "
               "the last event, after an unreported run that warms the broker's JVM."]
     lines += ["", "Ratios (same run):", ""]

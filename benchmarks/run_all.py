@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     for (engine, batch), (n, secs) in spent.items():
         rows.append(Row("bare model", engine, batch, n, secs))
         print(f"bare model {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
+    # The text half alone (issue #14's budget: at most 2 core-ms per event at batch 32)
+    from text_cost import run as text_cost_run
+
+    text_cost = text_cost_run(artifact)["core_ms_per_event"]
     # The broker starts after the bare model's rounds: its JVM's start-up would share their cores.
     bootstrap, broker_env = start_broker()
     try:
@@ -249,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         started=started.strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu_model(), cores=os.cpu_count(),
         affinity=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg(),
         model=version, duration=time.perf_counter() - t_run, commit=_git_commit(), quick=args.quick,
+        text_cost=text_cost,
     )
     out = Path(args.out)
     from report import write_report

@@ -25,6 +25,7 @@ from training import data
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
 
 CACHE = data.REPO_ROOT / ".cache" / "hitl"
+RECIPE = "v3"  # the text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer)
 SEED = 13  # the committed artifact's seed
 
 
@@ -38,7 +39,7 @@ def fold_of_examples(dev, examples_idx: np.ndarray, folds: int = 2, seed: int = 
 
 
 def _model(name: str, train):
-    d = CACHE / name
+    d = CACHE / f"{RECIPE}-{name}"
     if (d / "text_vocab.json").exists():
         return load_text_model(d)
     tm = train()
@@ -47,7 +48,7 @@ def _model(name: str, train):
 
 
 def noex_model():
-    """The recipe without labelled examples (keyword sentences and titles only)."""
+    """The production recipe without the labelled examples."""
     df = data.load_catalogue()
     space = data.label_space(df, data.article_type_targets())
     taxonomy, dev = load_taxonomy(TAXONOMY), load_dev()
@@ -59,7 +60,7 @@ def noex_model():
 def out_of_fold(folds: int = 2) -> dict[str, np.ndarray]:
     """Out-of-fold rows of the labelled examples part: KL rows ``kl`` [N, T], source distributions ``p``
     [N, S] (what the service's confidence features see), texts, true targets and the examples' fold."""
-    out = CACHE / f"crossfit{folds}-v2.npz"
+    out = CACHE / f"crossfit{folds}-{RECIPE}.npz"
     if out.exists():
         with np.load(out) as z:
             return dict(z)
