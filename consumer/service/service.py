@@ -29,7 +29,7 @@ from consumer.service.rebalance import Rebalancing
 from consumer.service.records import Batch, Item
 from consumer.service.worker import InferenceWorker
 from models.categorizer import Categorizer
-from schemas.wire import make_codec
+from schemas.wire import RegistryUnavailable, make_codec
 
 log = get_logger("shelver.service")
 _MIN_HELD_PER_PARTITION = 16  # events held per partition before it is paused, whatever the batch size
@@ -109,7 +109,7 @@ class Service(Rebalancing):
             self._fail(f"{type(exc).__name__}: {exc}")
             self.metrics.pipeline_failures.inc()
             log.error("pipeline failed; exiting without committing", error=self.failure)
-            if isinstance(exc, PipelineFailed):
+            if isinstance(exc, (PipelineFailed, RegistryUnavailable)):  # known ends: exit 1; others are bugs
                 return 1
             raise
         finally:
