@@ -20,13 +20,17 @@ REPO_ROOT = MODELS_DIR.parent
 ARTIFACTS_DIR = MODELS_DIR / "artifacts"
 TAXONOMIES_DIR = MODELS_DIR / "taxonomies"
 DEFAULT_TAXONOMY = TAXONOMIES_DIR / "marketplace.yaml"
-REPORTS_DIR = REPO_ROOT / "reports"
 LABELS_DIR = REPO_ROOT / "training" / "labels"
-# Derived files (LiteRT conversions, image features): in a checkout its .cache/; in an installed
-# wheel site-packages is not ours to write (the Docker image runs unprivileged), so the user's cache.
+# What Shelver writes (LiteRT conversions, image features, reports, newly trained artifacts): in a
+# checkout its own folders; in an installed wheel site-packages is not ours to write (the Docker image
+# runs unprivileged, and other distributions live there), so the user's XDG cache and data folders.
 IS_CHECKOUT = (REPO_ROOT / "pyproject.toml").exists()
 CACHE_DIR = REPO_ROOT / ".cache" if IS_CHECKOUT else (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shelver")
+USER_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "shelver"
+REPORTS_DIR = REPO_ROOT / "reports" if IS_CHECKOUT else USER_DATA_DIR / "reports"
+# Where `shelver train` writes a new artifact by default (the service reads ARTIFACTS_DIR unless told).
+TRAINED_ARTIFACTS_DIR = ARTIFACTS_DIR if IS_CHECKOUT else USER_DATA_DIR / "artifacts"
 
 # The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
 # machine finds it at the workspace's fixed location instead.

@@ -20,11 +20,12 @@ import numpy as np
 from models import kl
 from models.taxonomy import build_projections, load_taxonomy
 from models.text import normalize
+from models.paths import CACHE_DIR
 from models.text_model import load_text_model, save_text_model
 from training import data
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
 
-CACHE = data.REPO_ROOT / ".cache" / "hitl"
+CACHE = CACHE_DIR / "hitl"
 RECIPE = "v3"  # the text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer)
 SEED = 13  # the committed artifact's seed
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from models.efficientnet_lite import checkpoint_path
 from models.image import DEFAULT_BACKBONE, build_backbone, prepare_image
-from models.paths import REPO_ROOT
+from models.paths import CACHE_DIR
 
 # Bump when prepare_image or the backbone graph changes in a way that alters features.
 FEATURE_VERSION = 1
@@ -58,7 +58,7 @@ def extract_features(
     image_size: tuple[int, int],
     batch_size: int = 64,
     flip: bool = False,
-    cache_dir: str | os.PathLike = ".cache/features",
+    cache_dir: str | os.PathLike = "features",
     workers: int = 2,
     backbone: str = DEFAULT_BACKBONE,
 ) -> np.ndarray:
@@ -66,12 +66,12 @@ def extract_features(
 
     Batches are decoded and resized by ``workers`` threads (PIL releases the GIL) while the
     previous batch runs through the backbone; at most ``2 * workers`` batches wait in memory.
-    The result is cached under ``cache_dir`` (relative paths: from the repository root),
+    The result is cached under ``cache_dir`` (relative paths: under `models.paths.CACHE_DIR`),
     keyed by the paths, size, flip and checkpoint hash.
     """
     image_size = tuple(image_size)
     cache = Path(cache_dir)
-    cache = cache if cache.is_absolute() else REPO_ROOT / cache
+    cache = cache if cache.is_absolute() else CACHE_DIR / cache
     prefix = "lite0" if backbone == DEFAULT_BACKBONE else backbone.replace(":", "-")
     file = cache / f"{prefix}_{image_size[0]}x{image_size[1]}_{cache_key(image_paths, image_size, flip, backbone)}.npy"
     if file.exists():

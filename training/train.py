@@ -23,7 +23,7 @@ import tensorflow as tf
 from models import kl
 from models.artifact import Artifact
 from models.image import DEFAULT_BACKBONE, IMAGE_SIZE, build_image_classifier
-from models.paths import ARTIFACTS_DIR, REPORTS_DIR
+from models.paths import REPORTS_DIR, TRAINED_ARTIFACTS_DIR
 from models.taxonomy import build_projections, load_taxonomy
 from training import data
 from training.image_features import extract_features, image_probabilities
@@ -41,7 +41,7 @@ from training.train_image import fine_tune, train_head
 log = structlog.get_logger(__name__)
 
 DEFAULT_IMAGE_SIZE = IMAGE_SIZE
-ARTIFACTS = ARTIFACTS_DIR
+ARTIFACTS = TRAINED_ARTIFACTS_DIR  # the checkout's models/artifacts, or the user's data folder
 
 
 def _softmax_head(features: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
