@@ -126,7 +126,8 @@ def parse_args(argv):
     ap.add_argument("--no-marketplace", action="store_true")
     ap.add_argument("--report-dir", type=Path, default=REPORTS_DIR)
     ap.add_argument("--model-card", action="store_true",
-                    help="(re)write MODEL_CARD.md in the artifact folder from this evaluation")
+                    help="(re)write MODEL_CARD.md and the manifest's headline metrics in the artifact folder "
+                         "from this evaluation")
     return ap.parse_args(argv)
 
 
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     card = Path(artifact_dir) / "MODEL_CARD.md"
     if args.model_card:
         card.write_text(model_card.render(manifest, results))
+        stored = json.loads((Path(artifact_dir) / "manifest.json").read_text())
+        stored["metrics"] = results["summary"]
+        (Path(artifact_dir) / "manifest.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
     write_report(
         results, manifest, errors, market, args.report_dir, card=card
     )
