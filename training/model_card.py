@@ -37,12 +37,13 @@ PRETRAIN = (
 LIMITS = [
     "Text only was measured on the marketplace: its images are unreachable from the training machine, so the "
     "image model and the ensemble are measured on the catalogue alone.",
-    "The evaluation part is small (see n below): one item is about 0.35 points; differences under ~3 points "
+    "The evaluation part is small (n above): one item is about 0.35 points; differences under ~3 points "
     "between variants are within noise.",
     "Descriptions that never name the product type (attribute lists: \"Midi design, V-neck, Short sleeve\") "
-    "rest on cues such as lengths and necklines; these are where DRESS, TOPS and JUMPSUIT are confused.",
-    "The label space is the catalogue's articleType classes: a marketplace product type the catalogue lacks "
-    "(e.g. swimwear, which maps to LINGERIE by the written rules) is learned only from H&M and the examples.",
+    "rest on cues such as lengths and necklines: most of the errors in the confusions above are of this kind.",
+    "The label space is the catalogue's articleType classes; H&M's product types are mapped onto them by hand "
+    "(`training/labels/hm_product_type_to_target.yaml`, its judgement calls stated there), so a type the "
+    "catalogue lacks is learned as the class that file names for it.",
     "English only. Long descriptions are cut at the encoder's `max_len` tokens after boilerplate removal.",
 ]
 
