@@ -102,13 +102,15 @@ def marketplace_metrics(pred, market: dict, targets, confidence=None) -> dict:
     return out
 
 
-def run_tfidf_baseline(df, train_idx, dev, market: dict, targets) -> dict:
+def run_tfidf_baseline(df, train_idx, dev, market: dict, targets, hm_per_target: int = 0) -> dict:
     """TF-IDF + logistic regression retrained on the text model's own training texts
     (`training_corpus`: the same catalogue rows, H&M and examples), scored on the same items."""
     t = time.time()
     space = data.label_space(df, data.article_type_targets())
+    train_idx = train_idx[space.encode(df["articleType"])[train_idx] >= 0]  # a capped df pools rare types away
     examples_idx, _ = dev_split(dev)
-    corpus = training_corpus(df, space, load_taxonomy(TAXONOMY), dev, examples_idx, train_idx)
+    corpus = training_corpus(df, space, load_taxonomy(TAXONOMY), dev, examples_idx, train_idx,
+                             hm_per_target=hm_per_target)
     model = tfidf_baseline.train(corpus.texts, corpus.targets)
     out = marketplace_metrics(list(model.predict(market["texts"])), market, targets)
     out["seconds"] = round(time.time() - t, 1)
@@ -203,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "text-only": marketplace_metrics(m_pred, market, targets, [d.confidence for d in decisions])
         }
         if not args.no_baseline:
-            results["marketplace"]["tfidf_baseline"] = run_tfidf_baseline(df, train_idx, dev, market, targets)
+            results["marketplace"]["tfidf_baseline"] = run_tfidf_baseline(df, train_idx, dev, market, targets,
+                                                                          args.per_class)
 
     if not args.no_baseline and args.split == "heldout":
         subs = sorted(df["subCategory"].unique())

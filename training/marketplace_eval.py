@@ -104,6 +104,7 @@ def training_corpus(
     descriptions: bool = True,
     hm: bool = True,
     example_weight: float = 3.0,
+    hm_per_target: int = 0,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
@@ -140,6 +141,8 @@ def training_corpus(
         )
     if hm:
         art = text_corpus.hm_articles()
+        if hm_per_target:  # a capped smoke run (`shelver train --per-class`): the first rows of each target
+            art = art.groupby("target", sort=True).head(hm_per_target).reset_index(drop=True)
         corpus.add(
             "H&M descriptions",
             art["text"].tolist(),
@@ -175,6 +178,7 @@ def train_marketplace_text_model(
     descriptions: bool = True,
     hm: bool = True,
     titles: bool = True,
+    hm_per_target: int = 0,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
@@ -198,6 +202,7 @@ def train_marketplace_text_model(
         titles=titles,
         descriptions=descriptions,
         hm=hm,
+        hm_per_target=hm_per_target,
         example_weight=example_weight,
     )
     texts, rows_y, weights = corpus.arrays()

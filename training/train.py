@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     examples_idx, _ = dev_split(dev)
     t = time.time()
     text_model, text_hist = train_marketplace_text_model(
-        df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed, hm=not args.no_hm
+        df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed, hm=not args.no_hm,
+        hm_per_target=args.per_class,  # a capped smoke run caps H&M's rows too
     )
     text_seconds = time.time() - t
     ablation = ablate(df, space, taxonomy, dev, args, text_model, text_hist) if args.ablation else None
