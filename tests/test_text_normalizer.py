@@ -122,3 +122,17 @@ def test_hm_mapping_covers_every_product_type_in_the_data():
     raw = yaml.safe_load(text_corpus.HM_TYPE_TO_TARGET.read_text())["mapping"]
     types = set(pd.read_parquet(text_corpus.HM_ARTICLES, columns=["product_type_name"])["product_type_name"])
     assert types <= set(raw), sorted(types - set(raw))  # every type decided: mapped or null
+
+
+def test_the_previous_artifact_still_loads_and_serves_with_the_normalizer_it_was_trained_with():
+    """v2-20261124 (titles, v1 normalizer) keeps working beside the newer default."""
+    from models.artifact import load_categorizer
+    from models.paths import ARTIFACTS_DIR, newest_artifact
+
+    old = load_categorizer(ARTIFACTS_DIR / "v2-20261124", engine="tensorflow")
+    assert old.artifact.text_model.encoder.normalizer == "v1"
+    decision = old.categorize(["Levis Women Blue Skinny Jeans"], [None])[0]
+    assert decision.category == "PANT"
+    default = newest_artifact()
+    assert default.name != "v2-20261124"
+    assert load_categorizer(default, engine="tensorflow").artifact.text_model.encoder.normalizer == "v2"

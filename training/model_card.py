@@ -40,7 +40,7 @@ LIMITS = [
     "The evaluation part is small (n above): one item is about 0.35 points; differences under ~3 points "
     "between variants are within noise.",
     "Descriptions that never name the product type (attribute lists: \"Midi design, V-neck, Short sleeve\") "
-    "rest on cues such as lengths and necklines: most of the errors in the confusions above are of this kind.",
+    "rest on cues such as lengths and necklines, which several categories share (a cropped dress and a long top).",
     "The label space is the catalogue's articleType classes; H&M's product types are mapped onto them by hand "
     "(`training/labels/hm_product_type_to_target.yaml`, its judgement calls stated there), so a type the "
     "catalogue lacks is learned as the class that file names for it.",
