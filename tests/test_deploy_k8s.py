@@ -125,7 +125,7 @@ def test_each_mode_applies_one_workload_and_the_shared_objects():
         kinds = {o["kind"] for o in mode}
         assert {"Service", "NetworkPolicy"} <= kinds
     assert "ScaledObject" not in {o["kind"] for o in statefulset_mode}  # a fixed size: see below
-    used = {p for d in (K8S, K8S / "statefulset") for p in _resources(d)}
+    used = {p for d in (K8S, K8S / "statefulset", K8S / "review") for p in _resources(d)}
     shipped = {p.resolve() for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
     assert used == shipped, "a manifest no mode applies"
 
@@ -210,3 +210,20 @@ def test_network_policy_denies_private_and_link_local_egress_to_the_fetchers_pod
     for rule in policy["spec"]["egress"]:
         peers = rule["to"]
         assert all("ipBlock" in p for p in peers) or not any("ipBlock" in p for p in peers)
+
+
+def test_the_review_console_runs_shelver_review_with_its_password_file_and_probes():
+    deployment, service = load("review/deployment.yaml"), load("review/service.yaml")
+    assert [o["kind"] for o in _objects(K8S / "review")] == ["Deployment", "Service"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] + container["args"] == ["shelver", "review"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["SHELVER_REVIEW_PASSWORD_FILE"].startswith(mounts["reviewers"] + "/")
+    assert env["SHELVER_REVIEW_HOST"] == "0.0.0.0"  # reachable through its Service, not only from the pod
+    assert {v["name"]: v for v in pod["spec"]["volumes"]}["reviewers"]["secret"]["secretName"] == "shelver-reviewers"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert service["spec"]["selector"] == pod["metadata"]["labels"]
+    # not selected by the consumers' metrics Service or their egress policy
+    assert pod["metadata"]["labels"] != load("common/service.yaml")["spec"]["selector"]
