@@ -223,6 +223,12 @@ class Settings(BaseSettings):
                                           "(empty: off)")
     taxonomy_topic: str | None = Field("shelver.taxonomy", description="`TaxonomyPublished`, compacted, one "
                                        "partition (empty: off)")
+    corrections_rule: Literal["adapter", "projections"] = Field(
+        default="adapter", description="how corrections change the choice: `adapter` fits a per-target shift of "
+        "the divergences to them (chosen by training/learning_curve.py); `projections` averages corrected products "
+        "into their category's projection (the first rule)")
+    corrections_adapter_l2: float = Field(default=1.0, gt=0, description="the adapter's L2 strength; one "
+                                          "reviewer moves any margin by at most 4 x reviewer cap / this, in nats")
     corrections_prior_strength: float = Field(default=3.0, gt=0, description="the taxonomy prior's weight k, "
                                               "counted in corrections (chosen by training/learning_curve.py)")
     corrections_reviewer_cap: float = Field(default=20.0, gt=0, description="the most total weight one "

@@ -8,11 +8,13 @@ instance, and every restart, rebuilds the same state from the same log:
 * the latest taxonomy published for this model (or the artifact's own, when none), and
 * the latest correction of every product.
 
-The projections are a pure function of that state (`models.correction_rule.corrected_projections`; the
-order in which the two topics interleave does not matter), so all instances converge to the same
-q_t and stamp the same ``taxonomy_version`` (`models.correction_rule.projection_version`). After each poll
-the thread swaps them into the categorizer with one reference assignment; the inference thread reads
-them once per batch, so a batch never mixes two versions.
+What the corrections change is a pure function of that state (``SHELVER_CORRECTIONS_RULE``: the
+adapter of `models.correction_rule.fit_adapter`, or the averaged projections of
+`models.correction_rule.corrected_projections`; the order in which the two topics interleave does not
+matter), so all instances converge to the same decision rule and stamp the same ``taxonomy_version``
+(`models.correction_rule.projection_version`). After each poll the thread swaps it into the categorizer
+with one reference assignment; the inference thread reads it once per batch, so a batch never mixes
+two versions.
 
 Abuse guard: a correction naming a category the current taxonomy does not know (nor carries from a
 renamed/merged one), or carrying no usable distribution and no text, goes to the DLQ (header
@@ -34,7 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from consumer.config import Settings
 from consumer.adapters.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
-from models.correction_rule import Correction, corrected_projections, projection_version
+from models.correction_rule import Adapter, Correction, corrected_projections, fit_adapter, projection_version
 from schemas import CategoryCorrected, TaxonomyPublished
 from schemas.wire import WireFormatError, make_codec
 
@@ -58,9 +60,10 @@ class ProjectionState:
     """The state one instance rebuilds from the two topics (no I/O; unit-tested)."""
 
     def __init__(self, base: Base, labels: int, model_version: str, prior_strength: float, reviewer_cap: float,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, rule: str = "projections", adapter_l2: float = 1.0):
         self.base, self.n_labels, self.model_version = base, labels, model_version
         self.prior_strength, self.reviewer_cap, self.temperature = prior_strength, reviewer_cap, temperature
+        self.rule, self.adapter_l2 = rule, adapter_l2
         self.corrections: dict[str, Correction] = {}
 
     def set_taxonomy(self, rec: TaxonomyPublished) -> bool:
@@ -88,11 +91,22 @@ class ProjectionState:
         self.corrections.pop(product_id, None)
 
     def projections(self) -> tuple[np.ndarray, tuple[str, ...], str]:
+        """(q, targets, version): under the adapter rule the taxonomy's own q (the adapter carries the
+        corrections), under the projections rule q with the corrections averaged in."""
         cs = list(self.corrections.values())
-        q, _ = corrected_projections(self.base.q, self.base.targets, cs, self.prior_strength, self.reviewer_cap,
-                                     self.base.carried_from, self.temperature)
+        q = self.base.q
+        if self.rule == "projections":
+            q, _ = corrected_projections(self.base.q, self.base.targets, cs, self.prior_strength, self.reviewer_cap,
+                                         self.base.carried_from, self.temperature)
         return q, self.base.targets, projection_version(self.base.version, cs, self.base.targets,
                                                         self.base.carried_from)
+
+    def adapter(self) -> Adapter | None:
+        """The corrections' adapter (None under the projections rule or without applicable corrections)."""
+        if self.rule != "adapter":
+            return None
+        return fit_adapter(self.base.q, self.base.targets, list(self.corrections.values()), self.adapter_l2,
+                           self.reviewer_cap, self.base.carried_from)
 
 
 class ProjectionUpdater(threading.Thread):
@@ -105,7 +119,8 @@ class ProjectionUpdater(threading.Thread):
         q, targets, version = categorizer.projections
         self.state = ProjectionState(Base(version, targets, q), len(categorizer.labels), categorizer.model_version,
                                      settings.corrections_prior_strength, settings.corrections_reviewer_cap,
-                                     settings.corrections_temperature)
+                                     settings.corrections_temperature, settings.corrections_rule,
+                                     settings.corrections_adapter_l2)
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self.topics = [t for t in (settings.taxonomy_topic, settings.corrections_topic) if t]
         # Its own throwaway group and no commits: every instance reads everything, every time.
@@ -241,9 +256,12 @@ class ProjectionUpdater(threading.Thread):
     def _apply(self) -> None:
         q, targets, version = self.state.projections()
         if version != self.applied_version or targets != self.model.projections[1]:
-            self.model.set_projections(q, targets, version)
+            # Fitted here, on this thread: the inference thread only ever sees a finished (q, adapter) pair.
+            adapter = self.state.adapter()
+            self.model.set_projections(q, targets, version, adapter)
             self.applied_version = version
-            log.info("projections updated", taxonomy_version=version, corrections=len(self.state.corrections))
+            log.info("projections updated", taxonomy_version=version, corrections=len(self.state.corrections),
+                     rule=self.state.rule)
 
 
 def start_projection_updater(settings: Settings, categorizer, metrics=None) -> ProjectionUpdater | None:

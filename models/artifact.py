@@ -27,6 +27,7 @@ from models import engine as engine_mod
 from models import kl
 from models.calibration import Calibration, load_calibration
 from models.categorizer import Decision
+from models.correction_rule import Adapter
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
 from models.text_model import TextModel, load_text_model, save_text_model
 
@@ -92,9 +93,9 @@ class ArtifactCategorizer:
         self.image_weight = ens.get("image_weight", 0.5) if image_weight is None else image_weight
         self.abstain_threshold = ens.get("abstain_threshold") if abstain_threshold is None else abstain_threshold
         self.fallback = fallback or ens.get("fallback", "OTHERS")
-        # (q, targets, taxonomy version) as one tuple: `set_projections` swaps it with one reference
-        # assignment, and `decide` reads it once per batch, so a batch never mixes two taxonomies.
-        self._projections = (artifact.projections, tuple(artifact.targets), self.taxonomy_version)
+        # (q, targets, taxonomy version, corrections' adapter) as one tuple: `set_projections` swaps it with
+        # one reference assignment, and `decide` reads it once per batch, so a batch never mixes two taxonomies.
+        self._projections = (artifact.projections, tuple(artifact.targets), self.taxonomy_version, None)
         self.default_review_threshold = artifact.calibration.review_threshold if artifact.calibration else None
         # Inference engine (models.engine): LiteRT + XNNPACK on CPU, the TensorFlow graph on a GPU.
         self.engine = engine_mod.resolve_engine(
@@ -131,20 +132,32 @@ class ArtifactCategorizer:
 
     @property
     def projections(self) -> tuple[np.ndarray, tuple[str, ...], str]:
-        return self._projections
+        return self._projections[:3]
 
-    def set_projections(self, q: np.ndarray, targets: Sequence[str], taxonomy_version: str) -> None:
-        """Swap the target projections (corrections, a new taxonomy) without touching the networks."""
+    @property
+    def adapter(self) -> Adapter | None:
+        """What the corrections taught (`models.correction_rule.fit_adapter`); None without any."""
+        return self._projections[3]
+
+    def set_projections(self, q: np.ndarray, targets: Sequence[str], taxonomy_version: str,
+                        adapter: Adapter | None = None) -> None:
+        """Swap the target projections and the corrections' adapter (corrections, a new taxonomy) without
+        touching the networks."""
         if q.shape != (len(targets), len(self.labels)):
             raise ValueError(f"projections {q.shape} do not match {len(targets)} targets x {len(self.labels)} labels")
-        self._projections = (np.asarray(q, dtype=np.float64), tuple(targets), str(taxonomy_version))
+        if adapter is not None and adapter.theta.shape != (len(self.labels) + 1, len(targets)):
+            raise ValueError(f"adapter {adapter.theta.shape} does not match {len(targets)} targets x "
+                             f"{len(self.labels)} labels")
+        self._projections = (np.asarray(q, dtype=np.float64), tuple(targets), str(taxonomy_version), adapter)
         self.taxonomy_version = str(taxonomy_version)
 
     def decide(self, p: np.ndarray, used: np.ndarray, texts: Sequence[str | None] | None = None) -> list[Decision]:
         """Choices for source distributions ``p``; ``texts`` (the products' texts) feed the confidence's
         keyword feature (`models.calibration`), without them it counts no keywords."""
-        q, targets, version = self._projections  # one read: the whole batch uses one taxonomy
+        q, targets, version, adapter = self._projections  # one read: the whole batch uses one taxonomy
         k = kl.kl_matrix(p, q)
+        if adapter is not None:  # what the corrections taught (models.correction_rule.fit_adapter)
+            k = adapter.adjusted(k, p)
         choices = kl.choose(k, targets, abstain_threshold=self.abstain_threshold, fallback=self.fallback)
         cal = self.artifact.calibration
         conf = (cal.confidence(k, used, texts, targets) if cal is not None and len(targets) > 1

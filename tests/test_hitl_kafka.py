@@ -134,8 +134,12 @@ def test_corrections_reach_every_instance_identically_survive_restarts_and_rejec
         wait_for(lambda: first.taxonomy_version.startswith(f"{base_version}+c5."), what="corrections applied")
         decision = first.categorize(["Elastic, inner lining"], [None])[0]
         assert decision.taxonomy_version == first.taxonomy_version  # results are stamped with the new version
+        # The default rule: the taxonomy's projections stay, an adapter fitted to the five corrections shifts
+        # the divergences (models.correction_rule.fit_adapter).
+        np.testing.assert_array_equal(first.projections[0], artifact.projections)
+        assert first.adapter is not None and first.adapter.corrections == 5
         lingerie = list(first.projections[1]).index("LINGERIE")
-        assert not np.allclose(first.projections[0][lingerie], artifact.projections[lingerie])
+        assert first.adapter.theta[:, lingerie].any()
         dlq = read_topic(s, s.dlq_topic, 2)
         assert sorted(dict(m.headers())["error"].decode() for m in dlq) == ["no_distribution", "unknown_category"]
         assert sorted(m.key().decode() for m in dlq) == ["x1", "x2"]
@@ -150,7 +154,8 @@ def test_corrections_reach_every_instance_identically_survive_restarts_and_rejec
         other = start_projection_updater(s, second)
         try:
             assert second.taxonomy_version == first.taxonomy_version
-            np.testing.assert_allclose(second.projections[0], first.projections[0])
+            np.testing.assert_array_equal(second.projections[0], first.projections[0])
+            np.testing.assert_array_equal(second.adapter.theta, first.adapter.theta)  # bit for bit
             assert other.dlq_sent == 0
         finally:
             other.stop()
@@ -239,3 +244,70 @@ def test_ensure_topics_makes_the_corrections_and_taxonomy_topics_compacted(kafka
     for name, policy in ((f"corr.{suffix}", "compact"), (f"tax.{suffix}", "compact"), (f"review.{suffix}", "delete")):
         res = ConfigResource(ConfigResource.Type.TOPIC, name)
         assert admin.describe_configs([res])[res].result()["cleanup.policy"].value == policy
+
+
+@pytest.mark.slow  # the committed artifact and 2 x 284 + 190 marketplace descriptions: ~40 s
+def test_corrections_streamed_into_a_running_service_change_uncorrected_results_as_the_offline_curve_says(
+        settings, artifact):
+    """The learning curve's experiment (`training.learning_curve`, committed model, adapter rule) replayed
+    through the broker: the examples part streamed as text-only corrections while the service runs,
+    the evaluation part scored before and after as ordinary product events (nobody corrected them)."""
+    from models import kl
+    from training.learning_curve import corrections_of, decide
+    from training.marketplace_eval import DEV_LABELS, UNLABELABLE, dev_split, load_dev
+
+    try:
+        dev = load_dev(DEV_LABELS)
+    except FileNotFoundError as exc:
+        pytest.skip(f"marketplace descriptions not available: {exc}")
+    ex_idx, ev_idx = dev_split(dev)
+    ex, ev = dev.iloc[ex_idx], dev.iloc[ev_idx]
+    ex, ev = ex[ex["label"] != UNLABELABLE], ev[ev["label"] != UNLABELABLE]
+    s = settings(review_topic="")
+    assert s.corrections_rule == "adapter"
+    model = ArtifactCategorizer(artifact)
+    updater = start_projection_updater(s, model)
+    svc, t = run_service(s, model)
+    now = datetime.now(timezone.utc)
+
+    def score(prefix: str, already: int) -> dict[str, str]:
+        products = [ProductEvent(product_id=f"{prefix}{i}", description=text, event_time=now)
+                    for i, text in zip(ev["index"], ev["text"])]
+        publish(s, products)
+        out = results(s, read_topic(s, s.output_topic, already + len(products), timeout=120, settle=0.2))
+        return {r.product_id.removeprefix(prefix): r.category for r in out if r.product_id.startswith(prefix)}
+
+    try:
+        before = score("before-", 0)
+        base_version = model.taxonomy_version
+        publish_corrections(s, [CategoryCorrected(product_id=f"example-{i}", category=label, text=text,
+                                                  reviewer=f"reviewer-{n % 5}", corrected_at=now)
+                                for n, (i, label, text) in enumerate(zip(ex["index"], ex["label"], ex["text"]))])
+        wait_for(lambda: model.taxonomy_version.startswith(f"{base_version}+c{len(ex)}."), timeout=120,
+                 what="all corrections applied")
+        after = score("after-", len(ev))
+    finally:
+        svc.stop()
+        t.join(60)
+        updater.stop()
+
+    # The offline curve's computation on the same products (training.learning_curve.decide, Keras).
+    tm, names = artifact.text_model, np.asarray(artifact.targets)
+    p_ex = np.stack([kl.normalize_rows(tm.predict_proba([x]).astype(np.float64))[0] for x in ex["text"]])
+    p_ev = kl.normalize_rows(tm.predict_proba(ev["text"].tolist()).astype(np.float64))
+    cs = corrections_of(ex["index"], ex["label"], p_ex, 5)
+    offline_before = names[decide("none", artifact.projections, names, [], p_ev)]
+    offline_after = names[decide("adapter", artifact.projections, names, cs, p_ev, s.corrections_adapter_l2)]
+    keys, truth = [str(i) for i in ev["index"]], ev["label"].to_numpy()
+    online_before = np.array([before[k] for k in keys])
+    online_after = np.array([after[k] for k in keys])
+    # The service runs LiteRT, the curve Keras: a product on a near tie may fall the other way.
+    assert np.sum(online_before != offline_before) <= 2 and np.sum(online_after != offline_after) <= 2
+    acc = {name: float(np.mean(v == truth)) for name, v in
+           [("online before", online_before), ("online after", online_after),
+            ("offline before", offline_before), ("offline after", offline_after)]}
+    assert abs(acc["online after"] - acc["offline after"]) <= 2 / len(truth), acc
+    # The corrections changed results on products nobody corrected, and not for the worse (the curve:
+    # 84.2% -> 84.5% with v3-20261203, which saw these examples in training).
+    assert np.sum(online_after != online_before) > 0, acc
+    assert acc["online after"] >= acc["online before"], acc

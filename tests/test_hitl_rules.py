@@ -74,7 +74,7 @@ def test_the_service_confidence_sees_the_products_texts():
 
     q = kl.smooth(np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), 0.01)
     cal = Calibration((1.0, 0.0, 0.0, 3.0), 0.0, features=FEATURES, keywords=KEYWORDS)
-    stub = SimpleNamespace(_projections=(q, ("TOPS", "DRESS"), "v1"), abstain_threshold=None, fallback="TOPS",
+    stub = SimpleNamespace(_projections=(q, ("TOPS", "DRESS"), "v1", None), abstain_threshold=None, fallback="TOPS",
                            artifact=SimpleNamespace(calibration=cal))
     p = np.array([[0.7, 0.3, 0, 0], [0.7, 0.3, 0, 0]])
     used = np.zeros(2, bool)
