@@ -35,3 +35,48 @@ def test_categorize_file_one_line_out_per_line_in(tmp_path, monkeypatch):
     assert a.image_used and a.category in TARGETS and a.source_offset == 0
     assert (b.image_used, b.image_error) == (False, "http_404")
     assert (d.image_used, d.image_error, d.source_offset) == (False, "no_url", 5)
+
+
+def test_categorize_downloads_the_next_batch_while_the_model_scores_this_one(tmp_path):
+    """The file path overlaps fetching with inference as the service does: the first batch's inference
+    waits (bounded) until the second batch's images are being fetched, which only a pipeline allows."""
+    import threading
+    from io import StringIO
+
+    from consumer.adapters.images import ImageFetcher
+    from consumer.cli.offline import categorize_lines
+    from consumer.config import Settings
+
+    for i in range(4):
+        Image.new("RGB", (40, 40), (60 * i, 100, 200)).save(tmp_path / f"p{i}.jpg")
+    second_batch_fetching = threading.Event()
+
+    class Watched:
+        def __init__(self, fetcher):
+            self.fetcher = fetcher
+
+        def fetch_many(self, urls, target_size=None):
+            if any(u.endswith("p2.jpg") for u in urls):
+                second_batch_fetching.set()
+            return self.fetcher.fetch_many(urls, target_size)
+
+    class Scoring(TinyCategorizer):
+        overlapped: list[bool] = []
+
+        def categorize(self, texts, images):
+            self.overlapped.append(second_batch_fetching.wait(10.0))  # bounded: the old path never sets it
+            return super().categorize(texts, images)
+
+    with serve_directory(tmp_path) as base:
+        src = StringIO("".join(json.dumps({"product_id": f"p{i}", "title": "Blue shirt", "image_url": f"{base}/p{i}.jpg",
+                                           "event_time": "2024-05-01T10:00:00Z"}) + "\n" for i in range(4)))
+        dst = StringIO()
+        fetcher = ImageFetcher(Settings(image_allowed_hosts=["127.0.0.1"]))
+        try:
+            counts = categorize_lines(src, dst, Scoring(), Watched(fetcher), batch_size=2)
+        finally:
+            fetcher.close()
+    assert counts == {"results": 4, "errors": 0}
+    assert Scoring.overlapped[0] is True
+    out = [CategoryAssigned.model_validate_json(x) for x in dst.getvalue().splitlines()]
+    assert [o.product_id for o in out] == ["p0", "p1", "p2", "p3"] and all(o.image_used for o in out)
