@@ -56,6 +56,10 @@ def write_report(out: Path, header: dict, rows: list, latency: list, settings) -
             bare = e2e.stages["bare_eps"]
             lines.append(f"- end to end / bare model ({name}, batch 32; bare model measured right before and after the "
                          f"end-to-end run, {bare:.1f} events/s): **{e2e.eps / bare:.2f}x**")
+    cat = _find(rows, "categorize (no Kafka)", "litert", 32)
+    if cat and lite_e2e:
+        lines.append(f"- `shelver categorize` (no Kafka, same fetcher and engine, other products of the catalogue) / "
+                     f"end to end through the broker, LiteRT batch 32: **{cat.eps / lite_e2e.eps:.2f}x** (goal ≥ 0.9x)")
     if lite_e2e and single:
         cap = (f" (at most {lite_bare.eps / single.eps:.1f}x here: the bare model's batch-32 speed over one product "
                "at a time end to end)" if lite_bare else "")

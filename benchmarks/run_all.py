@@ -14,7 +14,8 @@ separate process (``benchmarks/image_server.py``), and measures, in this order a
    warms the broker's JVM, each timed from the first assignment to the commit of the last event;
 3. latency at a fixed production rate of 50% and 80% of the measured end-to-end capacity, for
    ``--latency-seconds`` each over 6 partitions: p50/p95/p99 overall and per partition, after an
-   unreported run at 50% for ``--warmup-seconds``.
+   unreported run at 50% for ``--warmup-seconds``;
+4. ``shelver categorize``'s path (no Kafka) on as many other products, right after the end-to-end LiteRT run.
 
 Ratios are taken within the run, so a machine shared with other work still gives comparable rows.
 """
@@ -147,6 +148,28 @@ def bench_service(base: Settings, model, catalogue, image_url: str, n: int, batc
     return Row("end to end", getattr(model, "engine", "custom"), batch, n, wall, stages)
 
 
+def bench_categorize(base: Settings, model, catalogue, image_url: str, n: int, batch: int) -> Row:
+    """``shelver categorize``'s path (`consumer.cli.offline.categorize_lines`) on the end-to-end run's products,
+    as JSON lines in memory, with the real image fetcher: no Kafka, model load excluded."""
+    import io
+
+    from consumer.adapters.images import ImageFetcher
+    from consumer.cli.offline import categorize_lines
+
+    s = base.model_copy(update=dict(image_allowed_hosts=[*base.image_allowed_hosts, "127.0.0.1"]))
+    src = io.StringIO("".join(e.model_dump_json() + "\n" for e in sample_events(catalogue, image_url, n, seed=2)))
+    fetcher = ImageFetcher(s)
+    try:
+        start = time.perf_counter()
+        counts = categorize_lines(src, io.StringIO(), model, fetcher, batch)
+        wall = time.perf_counter() - start
+    finally:
+        fetcher.close()
+    if counts["results"] != n:
+        raise RuntimeError(f"categorize gave {counts} for {n} products")
+    return Row("categorize (no Kafka)", getattr(model, "engine", "custom"), batch, n, wall)
+
+
 def broker_pid(env: dict | None) -> int | None:
     try:
         return int((Path(env["KAFKA_STATE_DIR"]) / "kafka.pid").read_text()) if env else None
@@ -236,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
                     after = bench_model(models[engine], texts[:m], images[:m], batch)
                     rows[-1].stages["bare_eps"] = 2 * m / (before + after)
                 print(f"end to end {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
+                if (engine, batch) == ("litert", 32):  # the file path, right after the stream it should keep up with
+                    rows.append(bench_categorize(settings, models[engine], catalogue, url, n, batch))
+                    print(f"categorize {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
             capacity = next(r.eps for r in rows if (r.mode, r.engine, r.batch) == ("end to end", "litert", 32))
             # The broker's fixed-rate paths (small produce and fetch requests) warm up too: 4.2 core-ms per
             # event in the first fixed-rate minute, 1.3 later; an unreported run at half the capacity first.
