@@ -1,6 +1,6 @@
 # Shelver consumer image: TensorFlow with CUDA from the base image, the runtime dependencies
-# (requirements-runtime.txt) on top, Shelver installed as a wheel (the committed artifact is
-# package data), run as an unprivileged user. No training or test packages.
+# (requirements-runtime.txt) on top, Shelver installed as a wheel (one `shelver` package; the committed
+# artifact is package data), run as an unprivileged user. No training or test packages.
 FROM tensorflow/tensorflow:2.20.0-gpu AS wheel
 WORKDIR /src
 # .dockerignore lets only the package sources and their build files in.
@@ -28,7 +28,7 @@ EXPOSE 9464
 # Liveness (ops metrics endpoint): fails when the main loop or inference is stuck, and when the
 # process has been up past SHELVER_STARTUP_BUDGET_S (180 s) without starting its main loop, so a
 # hung model load is caught too; start-period covers TensorFlow import, model load and warm-up.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python3", "-m", "consumer.probe", "/livez"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python3", "-m", "shelver.consumer.probe", "/livez"]
 # SIGTERM: finish in-flight batches, deliver, commit, exit (compose's stop_grace_period bounds it).
 STOPSIGNAL SIGTERM
 CMD ["shelver", "consume"]

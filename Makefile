@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup run test test-fast lint docs check-wheel doctor train evaluate benchmark clean
 
 # requirements.txt = requirements-runtime.txt + -train + -dev (the suite needs all three).
-$(STAMP): requirements.txt requirements-runtime.txt requirements-train.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-runtime.txt requirements-train.txt requirements-dev.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt

@@ -14,6 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent
+# "" in a checkout (`models.paths`), "shelver." in an installed wheel (`shelver.models.paths`, setup.py):
+# what a module name built at run time (python -m, importlib) must start with.
+PACKAGE_PREFIX = __name__[: -len("models.paths")]
 # The folder holding the consumer/models/schemas/training packages: the checkout's root, or
 # site-packages in an installed wheel.
 REPO_ROOT = MODELS_DIR.parent

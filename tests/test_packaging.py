@@ -116,18 +116,50 @@ def test_declared_python_version_is_the_one_the_code_needs():
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["target-version"] == "py311"
 
 
+def _setup_module():
+    """setup.py's constants (its setup() call only runs as __main__)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shelver_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_wheel_package_list_covers_every_python_package_and_the_artifact():
-    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(setuptools_cfg["packages"])
+    setup = _setup_module()
+    listed = set(setup.PACKAGES)
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for pkg in LOCAL for p in (ROOT / pkg).rglob("__init__.py")}
-    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    data = setuptools_cfg["package-data"]
+    assert on_disk <= listed, f"add to setup.py's PACKAGES: {sorted(on_disk - listed)}"
+    data = setup.PACKAGE_DATA
     # artifacts/<version>/file and artifacts/<version>/text/file: the globs reach every committed file
     artifact_files = [p.relative_to(ROOT / "models" / "artifacts") for p in (ROOT / "models" / "artifacts").rglob("*")
                       if p.is_file()]
     globs = data["models.artifacts"]
     assert artifact_files and all(any(f.match(g) for g in globs) for f in artifact_files)
     assert "models.taxonomies" in listed and "*.yaml" in data["*"]
+
+
+def test_the_wheel_installs_one_shelver_package_and_rewrites_only_the_projects_imports():
+    setup = _setup_module()
+    wheel = setup.wheel_config()
+    assert {p.split(".")[0] for p in wheel["packages"]} == {"shelver"}
+    assert wheel["package_dir"]["shelver.models"] == "models" and wheel["package_data"]["shelver.models.artifacts"]
+    assert wheel["entry_points"]["console_scripts"] == ["shelver = shelver.consumer.cli:main"]
+    source = ("from __future__ import annotations\nfrom models import kl\nfrom models.paths import X\n"
+              "def f():\n    from training.data import load\n    from consumer import scoring as s\n"
+              "from modelsx import y\nfrom pandas import models\nimport consumer_lib\n")
+    assert setup.namespaced(source) == (
+        "from __future__ import annotations\nfrom shelver.models import kl\nfrom shelver.models.paths import X\n"
+        "def f():\n    from shelver.training.data import load\n    from shelver.consumer import scoring as s\n"
+        "from modelsx import y\nfrom pandas import models\nimport consumer_lib\n")
+    # every import of a project package in the shipped code has the `from X` form that namespaced() rewrites
+    plain = [f"{p}:{n}" for pkg in LOCAL for p in (ROOT / pkg).rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.match(r"\s*import\s+(consumer|models|schemas|training)\b", line)]
+    assert not plain, f"use `from X import y` (setup.py rewrites only those): {plain}"
+    # the editable install (make setup) keeps the checkout's own names
+    assert setup.editable_config()["entry_points"]["console_scripts"] == ["shelver = consumer.cli:main"]
 
 
 # ---- Docker ------------------------------------------------------------------------------------------
@@ -141,14 +173,15 @@ def test_docker_image_installs_runtime_dependencies_only_and_runs_unprivileged()
         assert other not in final
     users = re.findall(r"^USER\s+(\S+)", final, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r'^HEALTHCHECK .*"consumer\.probe", "/livez"', final, re.M)  # fails on a hung load too
+    assert re.search(r'^HEALTHCHECK .*"shelver\.consumer\.probe", "/livez"', final, re.M)  # a hung load too
 
 
 def test_dockerignore_sends_only_what_the_wheel_build_needs():
     rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
     assert rules[0] == "*"  # everything excluded, then the package sources let back in
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    assert {"pyproject.toml", "consumer", "models", "schemas", "training", "requirements-runtime.txt"} <= allowed
+    assert {"pyproject.toml", "setup.py", "consumer", "models", "schemas", "training",
+            "requirements-runtime.txt"} <= allowed
     assert not allowed & {"tests", ".venv", ".kafka", ".cache", "reports", "benchmarks", ".git"}
     # pyproject reads these at build time; they must be in the context
     project = (ROOT / "pyproject.toml").read_text()

@@ -117,13 +117,15 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         import importlib
         import importlib.util
 
+        from models.paths import PACKAGE_PREFIX
+
         # A runtime-only install (the Docker image, `pip install shelver`) lacks these: say so
         # before TensorFlow loads rather than with a traceback halfway through the imports.
         missing = [m for m in ("pandas", "sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
         if missing:
             raise SystemExit(f"shelver {argv[0]} needs the training dependencies ({', '.join(missing)} missing): "
                              "pip install 'shelver[train]'")
-        importlib.import_module(f"training.{argv[0]}").main(argv[1:])
+        importlib.import_module(f"{PACKAGE_PREFIX}training.{argv[0]}").main(argv[1:])
         return 0
 
     args = _parser().parse_args(argv)

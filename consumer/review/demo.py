@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from consumer.review.auth import add_user
-from models.paths import REPO_ROOT
+from models.paths import PACKAGE_PREFIX, REPO_ROOT
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
                "SHELVER_REVIEW_THRESHOLD", "0.99"), "SHELVER_METRICS_PORT": "0"}
     passwords = Path(state.parent / f"review-demo-{port}.reviewers")
     env["SHELVER_REVIEW_PASSWORD_FILE"] = str(passwords)
-    shelver = [sys.executable, "-m", "consumer.cli"]
+    shelver = [sys.executable, "-m", f"{PACKAGE_PREFIX}consumer.cli"]
     logs = REPO_ROOT / ".kafka" / "review-demo-logs"
     children: list[subprocess.Popen] = []
 
