@@ -47,6 +47,7 @@ from consumer.config import Settings  # noqa: E402
 from consumer.logs import configure  # noqa: E402
 from consumer.cli.sample import publish, sample_events  # noqa: E402
 from consumer.service import Service  # noqa: E402
+from models.engine import INT8_FILE, cpu_flags, vector_extensions  # noqa: E402
 
 
 @dataclass
@@ -214,18 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     root = data_dir(args.data)
     catalogue = load_catalogue(root)
     artifact = Settings().resolved_artifact_dir()
-    models = {e: load_categorizer(artifact, engine=e) for e in ("tensorflow", "litert")}
+    engines = ("tensorflow", "litert") + (("litert-int8",) if (artifact / INT8_FILE).exists() else ())
+    models = {e: load_categorizer(artifact, engine=e) for e in engines}
     version = models["litert"].model_version
     rows_df = catalogue.sample(args.model_events, random_state=0)
     texts = list(rows_df["productDisplayName"])
     images = [models["litert"].prepare_image(Image.open(q)) for q in rows_df["image_path"]]
     rows: list[Row] = []
     # Interleaved rounds (order rotating): a load change on a shared machine hits every row alike.
-    configs = [("tensorflow", 32), ("litert", 32), ("litert", 1)]
+    configs = [("tensorflow", 32), ("litert", 32), ("litert", 1)] + [("litert-int8", 32)] * ("litert-int8" in models)
     spent = {c: [0, 0.0] for c in configs}
     rounds = 4
     for r in range(rounds):
-        for engine, batch in configs[r % 3:] + configs[:r % 3]:
+        for engine, batch in configs[r % len(configs):] + configs[:r % len(configs)]:
             sl = slice(r, None, rounds)
             t, im = texts[sl], images[sl]
             if batch == 1:
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         started=started.strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu_model(), cores=os.cpu_count(),
         affinity=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg(),
         model=version, duration=time.perf_counter() - t_run, commit=_git_commit(), quick=args.quick,
-        text_cost=text_cost,
+        text_cost=text_cost, vector_extensions=vector_extensions(cpu_flags()),
     )
     out = Path(args.out)
     from report import write_report

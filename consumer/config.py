@@ -209,9 +209,11 @@ class Settings(BaseSettings):
 
     # Performance (perf): where the models run. auto = LiteRT + XNNPACK when TensorFlow sees no GPU,
     # the TensorFlow graph when it does; see models/engine.py.
-    inference_engine: Literal["auto", "tensorflow", "litert"] = Field(
-        "auto", description="`auto`: LiteRT + XNNPACK when TensorFlow sees no GPU, the TensorFlow graph when it "
-        "does; `litert` / `tensorflow` force one (models/engine.py)")
+    inference_engine: Literal["auto", "tensorflow", "litert", "litert-int8"] = Field(
+        "auto", description="`auto`: the TensorFlow graph when TensorFlow sees a GPU; without one LiteRT + XNNPACK, "
+        "with the artifact's 8-bit image model where its quantization report accepted it for a CPU with the same "
+        "vector extensions; `litert`, `litert-int8` (8-bit image model, fp32 text) or `tensorflow` force one "
+        "(models/engine.py)")
 
     # Human in the loop (hitl): calibrated confidence, review routing, corrections, taxonomy versions.
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="confidence under this: "

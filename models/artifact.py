@@ -45,6 +45,7 @@ class Artifact:
     targets: tuple[str, ...]
     source: Path | None = None  # the folder it was loaded from (keys the LiteRT conversion cache)
     calibration: Calibration | None = None  # calibration.json beside the artifact (training/calibrate.py)
+    quantization: dict | None = None  # quantization.json: the 8-bit image model's measurements (training/quantize.py)
 
     def save(self, directory: str | Path, taxonomy_file: str | Path) -> Path:
         d = Path(directory)
@@ -70,7 +71,10 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise ValueError(f"{d}: text model labels differ from the manifest's label space")
     with np.load(d / "projections.npz") as z:
         q, targets = z["q"].astype(np.float64), tuple(str(t) for t in z["targets"])
-    return Artifact(manifest, image_model, text_model, q, targets, source=d, calibration=load_calibration(d))
+    report = d / engine_mod.INT8_REPORT
+    quantization = json.loads(report.read_text()) if report.exists() else None
+    return Artifact(manifest, image_model, text_model, q, targets, source=d, calibration=load_calibration(d),
+                    quantization=quantization)
 
 
 class ArtifactCategorizer:
@@ -97,11 +101,23 @@ class ArtifactCategorizer:
         # one reference assignment, and `decide` reads it once per batch, so a batch never mixes two taxonomies.
         self._projections = (artifact.projections, tuple(artifact.targets), self.taxonomy_version, None)
         self.default_review_threshold = artifact.calibration.review_threshold if artifact.calibration else None
-        # Inference engine (models.engine): LiteRT + XNNPACK on CPU, the TensorFlow graph on a GPU.
+        # Inference engine (models.engine): LiteRT + XNNPACK on CPU (the 8-bit image model where the artifact's
+        # quantization report accepted it for a CPU like this one), the TensorFlow graph on a GPU.
+        int8_file = artifact.source / engine_mod.INT8_FILE if artifact.source is not None else None
         self.engine = engine_mod.resolve_engine(
-            engine or os.environ.get(engine_mod.ENGINE_ENV), bool(tf.config.list_physical_devices("GPU")))
-        self._image_fn = self._runner(artifact.image_model, tf.TensorSpec([None, *self.image_size, 3], tf.uint8),
-                                      "image", ["image_model.npz"])
+            engine or os.environ.get(engine_mod.ENGINE_ENV), bool(tf.config.list_physical_devices("GPU")),
+            int8_ok=bool(int8_file and int8_file.exists()) and engine_mod.int8_accepted(
+                artifact.quantization, engine_mod.cpu_flags()))
+        if self.engine == "litert-int8":
+            if int8_file is None or not int8_file.exists():
+                raise ValueError(f"inference engine litert-int8 needs {engine_mod.INT8_FILE} in the artifact folder "
+                                 "(python -m training.quantize)")
+            int8_runner = engine_mod.LiteRTRunner(int8_file.read_bytes())
+            # Its softmax is 8-bit too (steps of 1/256, rows summing to 0.93-1.0): renormalized into distributions.
+            self._image_fn = lambda x: kl.normalize_rows(int8_runner(x))
+        else:
+            self._image_fn = self._runner(artifact.image_model, tf.TensorSpec([None, *self.image_size, 3], tf.uint8),
+                                          "image", ["image_model.npz"])
         self._text_fn = self._runner(artifact.text_model.model, tf.TensorSpec([None, None], tf.int32), "text", ["text"])
         # Trace the graphs now, at start-up, so the first real batch does not pay for it.
         self.categorize(["warm-up"], [np.zeros((*self.image_size, 3), np.uint8)])

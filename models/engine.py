@@ -27,19 +27,49 @@ from models.paths import CACHE_DIR
 
 log = structlog.get_logger(__name__)
 
-ENGINES = ("auto", "tensorflow", "litert")
+ENGINES = ("auto", "tensorflow", "litert", "litert-int8")
 ENGINE_ENV = "SHELVER_INFERENCE_ENGINE"
 DEFAULT_CACHE = CACHE_DIR / "litert"  # models.paths: the checkout's .cache, or the user's cache when installed
+INT8_FILE = "image_model.int8.tflite"  # training/quantize.py writes it into the artifact folder
+INT8_REPORT = "quantization.json"  # ... with its measurements against fp32
+# The vector extensions an 8-bit XNNPACK kernel's speed depends on (x86 VNNI/AVX-512/AMX, Arm dot products).
+INT8_EXTENSIONS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
-def resolve_engine(requested: str | None, gpu_available: bool) -> str:
-    """``auto`` → ``tensorflow`` with a GPU, ``litert`` without; explicit choices are kept."""
+def resolve_engine(requested: str | None, gpu_available: bool, int8_ok: bool = False) -> str:
+    """``auto`` → ``tensorflow`` with a GPU; without one ``litert-int8`` where ``int8_ok`` (the artifact's
+    8-bit image model was measured faster and as accurate on a CPU like this one, `int8_accepted`),
+    else ``litert``; explicit choices are kept."""
     choice = (requested or "auto").strip().lower()
     if choice not in ENGINES:
         raise ValueError(f"inference engine must be one of {', '.join(ENGINES)}, not {requested!r}")
     if choice == "auto":
-        return "tensorflow" if gpu_available else "litert"
+        return "tensorflow" if gpu_available else ("litert-int8" if int8_ok else "litert")
     return choice
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return set()
+
+
+def vector_extensions(flags: set[str]) -> list[str]:
+    """The int8-relevant extensions among ``flags``, in `INT8_EXTENSIONS` order."""
+    return [f for f in INT8_EXTENSIONS if f in flags]
+
+
+def int8_accepted(report: dict | None, flags: set[str]) -> bool:
+    """True when ``report`` (an artifact's quantization.json) accepted the 8-bit image model and this CPU
+    has every int8-relevant extension the measuring CPU had (the speed-up rests on them)."""
+    if not report or not report.get("accepted"):
+        return False
+    return set(report.get("cpu", {}).get("vector_extensions", ["unknown"])) <= flags
 
 
 def cpu_threads() -> int:
@@ -220,10 +250,11 @@ class LiteRTRunner:
 
 
 def make_runner(engine: str, model, input_spec, key: str, cache_dir: Path | None = DEFAULT_CACHE):
-    """The forward pass of ``model`` on ``engine`` (already resolved: tensorflow or litert)."""
+    """The forward pass of ``model`` on ``engine`` (already resolved: tensorflow or litert; the 8-bit image
+    model is a flatbuffer of the artifact, run by `LiteRTRunner` directly)."""
     if engine == "tensorflow":
         return tensorflow_runner(model, input_spec)
-    if engine == "litert":
+    if engine in ("litert", "litert-int8"):  # litert-int8: the fp32 LiteRT path for what has no 8-bit model
         return LiteRTRunner(convert_to_litert(model, cache_dir, key))
     raise ValueError(f"unresolved engine {engine!r}")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.engine import chunk_rows, content_key, pad_columns, resolve_engine
+from models.engine import chunk_rows, content_key, int8_accepted, pad_columns, resolve_engine
 
 # Largest difference allowed between the engines' probabilities: both run the same fp32 weights,
 # differing only in kernel arithmetic order (measured: ≈ 3e-6 on the image model).
@@ -20,6 +20,23 @@ def test_auto_picks_litert_without_gpu_and_tensorflow_with_one():
     assert resolve_engine("auto", gpu_available=False) == "litert"
     assert resolve_engine(None, gpu_available=False) == "litert"
     assert resolve_engine("auto", gpu_available=True) == "tensorflow"
+
+
+def test_auto_picks_the_8bit_image_engine_only_where_it_was_accepted_and_never_over_a_gpu():
+    assert resolve_engine("auto", gpu_available=False, int8_ok=True) == "litert-int8"
+    assert resolve_engine("auto", gpu_available=False, int8_ok=False) == "litert"
+    assert resolve_engine("auto", gpu_available=True, int8_ok=True) == "tensorflow"
+    assert resolve_engine("litert-int8", gpu_available=False) == "litert-int8"  # forced: the operator's call
+
+
+def test_int8_is_accepted_only_from_an_accepting_report_on_a_cpu_with_the_measured_extensions():
+    report = {"accepted": True, "cpu": {"vector_extensions": ["avx2", "avx512f", "avx512_vnni"]}}
+    vnni = {"fpu", "avx2", "avx512f", "avx512_vnni", "amx_int8"}
+    assert int8_accepted(report, vnni)
+    assert not int8_accepted(report, {"fpu", "avx2", "avx512f"})  # no VNNI: the measured gain does not carry over
+    assert not int8_accepted({**report, "accepted": False}, vnni)  # measured slower or less accurate
+    assert not int8_accepted(None, vnni)  # never quantized
+    assert not int8_accepted({"accepted": True}, vnni)  # a report that does not say where it was measured
 
 
 def test_an_explicit_engine_is_kept_whatever_the_hardware():
@@ -197,3 +214,37 @@ def test_inference_cpu_is_spent_on_threads_named_litert(engines, catalogue_input
     # Before the threads were named, a one-row batch ran on the caller and XNNPACK's unnamed
     # workers: none of its CPU was counted as inference.
     assert process > 0.05 and named > 0.8 * process, (named, process)
+
+
+@pytest.mark.slow
+def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engines, catalogue_inputs):
+    from consumer.config import Settings
+    from models.artifact import load_categorizer
+    from models.engine import INT8_FILE
+
+    path = Settings().resolved_artifact_dir()
+    if not (path / INT8_FILE).exists():
+        pytest.skip(f"{path.name} has no {INT8_FILE} (python -m training.quantize)")
+    int8 = load_categorizer(path, engine="litert-int8")
+    texts, paths = catalogue_inputs
+    lite = engines["litert"]
+    images = [lite.prepare_image(Image.open(p)) for p in paths]
+    fp32_image, fp32_text, _ = lite.source_distributions(texts, images)
+    q_image, q_text, _ = int8.source_distributions(texts, images)
+    np.testing.assert_array_equal(q_text, fp32_text)  # the text model stays fp32 LiteRT
+    np.testing.assert_allclose(q_image.sum(1), 1.0, atol=1e-5)  # renormalized: its softmax is 8-bit
+    assert not np.allclose(q_image, fp32_image, atol=1e-4)  # really the other model
+    agree = np.mean([a.category == b.category for a, b in zip(int8.categorize(texts, images),
+                                                               lite.categorize(texts, images))])
+    assert agree >= 63 / 64  # quantization.json: 99.5% or more on the held-out split
+
+
+def test_forcing_the_8bit_engine_without_its_model_fails_with_the_command_that_makes_it():
+    import dataclasses
+
+    from consumer.config import Settings
+    from models.artifact import ArtifactCategorizer, load_artifact
+
+    artifact = dataclasses.replace(load_artifact(Settings().resolved_artifact_dir()), source=None)
+    with pytest.raises(ValueError, match="training.quantize"):
+        ArtifactCategorizer(artifact, engine="litert-int8")
