@@ -112,7 +112,7 @@ class ArtifactCategorizer:
             if int8_file is None or not int8_file.exists():
                 raise ValueError(f"inference engine litert-int8 needs {engine_mod.INT8_FILE} in the artifact folder "
                                  "(python -m training.quantize)")
-            int8_runner = engine_mod.LiteRTRunner(int8_file.read_bytes())
+            int8_runner = engine_mod.LiteRTRunner(int8_file.read_bytes(), wide=True)
             # Its softmax is 8-bit too (steps of 1/256, rows summing to 0.93-1.0): renormalized into distributions.
             self._image_fn = lambda x: kl.normalize_rows(int8_runner(x))
         else:

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     hpaths = hdf["image_path"].to_numpy()[rows]
     with ThreadPoolExecutor(2) as pool:
         px = np.stack(list(pool.map(lambda p: load_pixels(p, size), hpaths)))
-    int8 = LiteRTRunner(flatbuffer)
+    int8 = LiteRTRunner(flatbuffer, wide=True)  # as the service runs it (models.artifact)
     # the int8 softmax is 8-bit too: renormalized, as the service does (models.artifact)
     p32, p8 = _batched(cat._image_fn, px), kl.normalize_rows(_batched(int8, px))
     titles = hdf["productDisplayName"].to_numpy()[rows].tolist()
