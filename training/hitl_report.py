@@ -14,10 +14,14 @@ START, END = "<!-- hitl:start -->", "<!-- hitl:end -->"
 
 def section(cal: dict, lc: dict | None) -> str:
     th = cal["review_threshold"]
+    keywords = "keyword_margin" in cal.get("features", ["keyword_margin"])
+    used = ("log1p margin between the best and second KL, log1p best KL, image used" +
+            (", keyword margin = log1p of the taxonomy keywords of the chosen category that the text names − log1p of "
+             "those of the runner-up" if keywords else "; no keyword feature: the keywords were written after reading "
+             "marketplace descriptions"))
     lines = [START, "## Human in the loop: confidence, review routing, online corrections", "",
-             "Confidence = Platt scaling on (log1p margin between the best and second KL, log1p best KL, image used, "
-             "keyword margin = log1p of the taxonomy keywords of the chosen category that the text names − log1p of "
-             "those of the runner-up), fitted by `python -m training.calibrate` on half A of the catalogue held-out split "
+             f"Confidence = Platt scaling on ({used}), fitted by `python -m training.calibrate` on half A of the "
+             "catalogue held-out split "
              "and on the labelled marketplace examples scored out of fold (`training/crossfit.py`); measured below on data "
              "it was not fitted on (the out-of-fold row is the fitting data, for reference). ECE: 10 equal-width bins.", ""]
     fc = cal.get("feature_choice (2-fold CV inside the out-of-fold examples)")
@@ -28,7 +32,8 @@ def section(cal: dict, lc: dict | None) -> str:
         lines += [f"| {name} | {r['log_loss']:.3f} | {r['ece']:.3f} | {r['accuracy_at_70pct_coverage']:.1%} |"
                   for name, r in fc.items()]
         lines += ["", "Caveat: the taxonomy keywords were written by a person who had read all 500 marketplace descriptions "
-                  "(the evaluation part included), so the keyword evidence may help less on products never read.", ""]
+                  "(the evaluation part included), so the keyword evidence may help less on products never read"
+                  + ("." if keywords else "; the fitted confidence leaves it out for that reason."), ""]
     lines += [
              f"Review threshold (suggested, stored in `calibration.json`): **{th:.3f}** = the lowest confidence at which "
              "the out-of-fold marketplace examples it accepts are ≥ 95% right.", "",
