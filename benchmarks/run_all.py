@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,6 +238,18 @@ def main(argv: list[str] | None = None) -> None:
     for (engine, batch), (n, secs) in spent.items():
         rows.append(Row("bare model", engine, batch, n, secs))
         print(f"bare model {engine} b{batch}: {rows[-1].eps:.1f} events/s", flush=True)
+    if "litert-int8" in models:  # the image networks alone, fp32 and 8-bit (issue #18's goal is about these)
+        pixels = np.stack(images)
+        image_spent = {"litert": 0.0, "litert-int8": 0.0}
+        for r in range(rounds):
+            for engine in (("litert", "litert-int8") if r % 2 == 0 else ("litert-int8", "litert")):
+                t = time.perf_counter()
+                for i in range(0, len(pixels), 32):
+                    models[engine]._image_fn(pixels[i : i + 32])
+                image_spent[engine] += time.perf_counter() - t
+        for engine, secs in image_spent.items():
+            rows.append(Row("bare image model", engine, 32, rounds * len(pixels), secs))
+            print(f"bare image model {engine} b32: {rows[-1].eps:.1f} images/s", flush=True)
     # The text half alone (issue #14's budget: at most 2 core-ms per event at batch 32)
     from text_cost import run as text_cost_run
 
