@@ -116,7 +116,9 @@ def _owners(targets: Sequence[str], carried_from: dict[str, Sequence[str]] | Non
 
 @dataclass(frozen=True)
 class Adapter:
-    """Learned per-target shifts of the divergences: KL'_t(p) = KL(p ‖ q_t) − θ_tᵀ (√p, 1).
+    """Learned per-target shifts of the divergences: KL'_t(p) = KL(p ‖ q_t) − θ_tᵀ (√p, 1), less its row
+    maximum, so that KL' ≥ KL ≥ 0 (a constant per product changes neither the choice nor the margins, and the
+    confidence's log1p features stay defined).
 
     ``theta`` is [S + 1, T]. The features √p have unit length whatever the product, which is what
     makes one reviewer's pull boundable (see `fit_adapter`)."""
@@ -125,8 +127,9 @@ class Adapter:
     corrections: int = 0
 
     def shift(self, p: np.ndarray) -> np.ndarray:
-        """[B, T] amounts (nats) to subtract from each target's divergence."""
-        return adapter_features(p) @ self.theta
+        """[B, T] amounts (nats, ≤ 0) to subtract from each target's divergence."""
+        a = adapter_features(p) @ self.theta
+        return a - a.max(axis=1, keepdims=True)
 
     def adjusted(self, kl_rows: np.ndarray, p: np.ndarray) -> np.ndarray:
         """The divergences the choice, the alternatives and the confidence then read."""

@@ -103,3 +103,16 @@ def test_projection_state_under_the_adapter_rule_keeps_the_taxonomy_and_stamps_t
     assert version == averaged.projections()[2] == projection_version("v1", stream(), TARGETS)
     assert np.array_equal(adapter_state.adapter().theta, fit_adapter(PRIOR, TARGETS, stream(), 1.0, 20).theta)
     assert averaged.adapter() is None and not np.allclose(averaged.projections()[0], PRIOR)
+
+
+def test_adjusted_divergences_stay_non_negative_so_the_confidence_stays_defined():
+    from models.calibration import Calibration
+
+    adapter = fit_adapter(PRIOR, TARGETS, stream(), l2=0.01)  # a weak L2: large shifts
+    p = np.vstack([around(c, 50, 11) for c in (BOXY_DRESS, REAL_TOP, [0.25] * 4)])
+    k = kl.kl_matrix(p, PRIOR)
+    adjusted = adapter.adjusted(k, p)
+    assert np.abs(adapter.shift(p)).max() > 1.0  # the shifts are large enough to matter
+    assert (adjusted >= k - 1e-12).all() and (adjusted >= 0).all()
+    cal = Calibration((1.0, -1.0, 0.0), 0.0)
+    assert np.isfinite(cal.confidence(adjusted, np.zeros(len(p), bool))).all()
