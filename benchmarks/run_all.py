@@ -263,8 +263,11 @@ def main(argv: list[str] | None = None) -> None:
             # A freshly started broker's JVM compiles its hot paths during its first thousand records
             # (1.8 vs 1.0 core-ms per event in the first and later runs): warm it as a running one is.
             bench_service(settings, models["litert"], catalogue, url, args.warmup_events, 32)
-            for engine, batch, n in (("litert", 32, args.e2e_events), ("tensorflow", 32, args.e2e_events // 3),
-                                     ("litert", 1, args.single_events)):
+            runs = [("litert", 32, args.e2e_events), ("tensorflow", 32, args.e2e_events // 3),
+                    ("litert", 1, args.single_events)]
+            if "litert-int8" in models:  # what `auto` runs where the artifact's quantization report accepted it
+                runs.insert(1, ("litert-int8", 32, args.e2e_events))
+            for engine, batch, n in runs:
                 # the bare model measured right before and right after, as the same-moment reference
                 m = min(128, len(texts))
                 before = bench_model(models[engine], texts[:m], images[:m], batch) if batch > 1 else 0.0

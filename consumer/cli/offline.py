@@ -1,18 +1,21 @@
 """``shelver categorize``: the service's decode → fetch → categorize path over JSON lines, without Kafka.
 
-Like the service, it overlaps the next batch's image downloads and decoding with the current batch's
-inference (one batch ahead: at most two batches of images in memory), so a file is categorized at
+Like the service, it overlaps the next batches' image downloads and decoding with the current batch's
+inference (`AHEAD` batches ahead, so a bounded number of images in memory), so a file is categorized at
 about the speed of the stream.
 """
 from __future__ import annotations
 
 import json
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import IO, Iterator
 
 from consumer import scoring
 from models.categorizer import Categorizer
+
+AHEAD = 2  # batches fetched ahead of the one being scored: at most AHEAD + 1 batches of images in memory
 
 
 def _parse(chunk: list[tuple[int, str]]) -> list:
@@ -42,18 +45,18 @@ def categorize_lines(src: IO[str], dst: IO[str], categorizer: Categorizer, fetch
     lines = enumerate(src)
 
     def batches(pool: ThreadPoolExecutor) -> Iterator[tuple[list, list, Future]]:
-        """(parsed lines, valid events, their images being fetched) per batch, one batch ahead."""
+        """(parsed lines, valid events, their images being fetched) per batch, fetching as soon as read."""
         while chunk := list(islice(lines, batch_size)):
             parsed = _parse(chunk)
             good = [(n, ev) for n, ev in parsed if not isinstance(ev, scoring.InvalidEvent)]
             yield parsed, good, pool.submit(scoring.fetch_images, fetcher, categorizer, [ev.image_url for _, ev in good])
 
-    with ThreadPoolExecutor(1, thread_name_prefix="categorize-fetch") as pool:
-        ahead = batches(pool)
-        current = next(ahead, None)
-        while current is not None:
-            parsed, good, fetching = current
-            current = next(ahead, None)  # the next batch downloads while this one is scored
+    with ThreadPoolExecutor(AHEAD, thread_name_prefix="categorize-fetch") as pool:
+        upcoming = batches(pool)
+        queued = deque(islice(upcoming, AHEAD))
+        while queued:
+            parsed, good, fetching = queued.popleft()
+            queued.extend(islice(upcoming, 1))  # the next batches download while this one is scored
             images, _ = fetching.result()
             decisions = categorizer.categorize([scoring.text_of(ev) for _, ev in good], [img for img, _ in images])
             out = {n: scoring.result(ev, d, err, categorizer, source_topic=source, source_partition=0,
