@@ -92,8 +92,7 @@ def corrected_projections(
     mass = np.zeros(len(targets))
     # Summed in one fixed order (product, then the rest of the key): float sums then do not depend on the order the
     # corrections were read in, so every instance computes bit-identical projections from the same corrections.
-    kept = sorted((c for c in corrections if c.category in owner),
-                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
+    kept = _applicable(corrections, owner)
     if kept:
         w = reviewer_weights([c.reviewer for c in kept], reviewer_cap)
         for c, wi in zip(kept, w):
@@ -112,6 +111,13 @@ def _owners(targets: Sequence[str], carried_from: dict[str, Sequence[str]] | Non
             owner.setdefault(alias, t)
         owner[name] = t  # a current name always wins over an alias
     return owner
+
+
+def _applicable(corrections: Sequence[Correction], owner: dict[str, int]) -> list[Correction]:
+    """The corrections naming a known category, in one fixed order (product, then the rest of the key):
+    float sums over them then do not depend on the order they were read in."""
+    return sorted((c for c in corrections if c.category in owner),
+                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,7 @@ def fit_adapter(
     """
     base_q = np.asarray(base_q, dtype=np.float64)
     owner = _owners(targets, carried_from)
-    kept = sorted((c for c in corrections if c.category in owner),
-                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
+    kept = _applicable(corrections, owner)
     if not kept:
         return None
     p = kl.normalize_rows(np.stack([np.clip(np.asarray(c.p, dtype=np.float64), 0.0, None) for c in kept]))
