@@ -106,11 +106,20 @@ def test_a_member_joining_mid_stream_revokes_batches_in_flight_and_nothing_is_lo
     ta = threading.Thread(target=lambda: setattr(a, "rc", a.run()), daemon=True)
     ta.start()
     b = tb = None
+    # Published once b holds a partition, so b has work of its own however slowly the rebalance ran
+    # (keyed across all three partitions; a alone may otherwise finish the first 120 before b joins).
+    later = make_events(60, image_base, prefix="q")
     try:
         assert counter.wait_for(lambda c: c.total >= 8), "a should be mid-stream"
-        b, tb = run_service(s, SlowTiny(0.3))
-        assert counter.wait_for(lambda c: len(c.keys) == 120, timeout=120)
-        assert wait_until(lambda: a.completed + b.completed >= 120)
+        b = Service(s, SlowTiny(0.3))
+        b_seen = record_callbacks(b)
+        tb = threading.Thread(target=lambda: setattr(b, "rc", b.run()), daemon=True)
+        tb.start()
+        assert wait_until(lambda: any(any(t == s.input_topic for t, _ in parts) for parts in b_seen["_on_assign"]),
+                          timeout=120), "b should have been given an input partition"
+        publish(s, later)
+        assert counter.wait_for(lambda c: len(c.keys) == 180, timeout=120)
+        assert wait_until(lambda: a.completed + b.completed >= 180)
         counter.wait_for(lambda c: False, timeout=1.0)  # catch any late duplicate
     finally:
         a.stop()
@@ -124,11 +133,11 @@ def test_a_member_joining_mid_stream_revokes_batches_in_flight_and_nothing_is_lo
     assert a_seen["_on_revoke"] and a_seen["_on_revoke"][0], "a must have been revoked"
     assert a_seen["in_flight_on_revoke"][0] > 0, "a must have had batches in flight when it was revoked"
     assert a.completed > 0 and b.completed > 0
-    assert set(counter.keys) == {e.product_id for e in events}
+    assert set(counter.keys) == {e.product_id for e in events + later}
     # The revoked member finished, delivered and committed its batches before giving the partitions up.
     dups = [(r.product_id, r.source_partition, r.source_offset, r.processed_at) for r in results(s, counter.msgs)
             if counter.keys[r.product_id] > 1]
-    assert max(counter.keys.values()) == 1 and counter.total == 120, dups
+    assert max(counter.keys.values()) == 1 and counter.total == 180, dups
 
 
 class StallingConsumer:
