@@ -66,7 +66,7 @@ def thread_cpu_s(native_id: int) -> float:
 THREAD_GROUPS = (
     ("litert", "inference"),  # the interpreters' threads: models.engine names them, XNNPACK's too
     ("image-fetch", "image HTTP + decode"),  # consumer.adapters.images.ImageFetcher's pool
-    ("fetch", "image resize"),  # the service's per-batch pool: waits for the fetches, then prepare_image
+    ("fetch", "image resize"),  # the service's per-batch pool: waits for the fetches, then prepare_images
     ("infer", "inference thread (text, KL)"),  # its image chunks run on the litert threads
     ("rdk:", "librdkafka"),
     ("service", "Kafka loop (poll, Avro, produce, commit)"),

@@ -107,10 +107,10 @@ class StageModel(Timed):
         super().__init__(model)
         self.prepare_s = 0.0
 
-    def prepare_image(self, image):
+    def prepare_images(self, images):
         t = time.perf_counter()
         try:
-            return self._model.prepare_image(image)
+            return self._model.prepare_images(images)
         finally:
             self.prepare_s += time.perf_counter() - t
 

@@ -29,6 +29,7 @@ from models.calibration import Calibration, load_calibration
 from models.categorizer import Decision
 from models.correction_rule import Adapter
 from models.image import DEFAULT_BACKBONE, build_image_classifier, export_weights_float16, load_weights_float16, prepare_image
+from models.pixels import prepare_images
 from models.text_model import TextModel, load_text_model, save_text_model
 
 log = structlog.get_logger(__name__)
@@ -131,6 +132,9 @@ class ArtifactCategorizer:
 
     def prepare_image(self, image) -> np.ndarray:
         return prepare_image(image, self.image_size)
+
+    def prepare_images(self, images: Sequence) -> list[np.ndarray | Exception]:
+        return prepare_images(images, self.image_size)
 
     def source_distributions(
         self, texts: Sequence[str], images: Sequence[np.ndarray | None]

@@ -21,10 +21,11 @@ class Decision:
 class Categorizer(Protocol):
     model_version: str
     taxonomy_version: str
-    image_size: tuple[int, int]  # (height, width) that `prepare_image` produces
+    image_size: tuple[int, int]  # (height, width) that `prepare_images` produces
 
-    def prepare_image(self, image) -> np.ndarray:
-        """PIL image → uint8 array [H, W, 3] at the model's input size (runs in fetch threads)."""
+    def prepare_images(self, images: Sequence) -> list[np.ndarray | Exception]:
+        """PIL images → uint8 arrays [H, W, 3] at the model's input size, one per image, or the
+        exception that image raised (it then falls back to text); runs in fetch threads."""
 
     def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
         """One decision per product; images[i] is None when no usable image exists."""

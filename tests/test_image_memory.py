@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from consumer.adapters.images import PixelBudget, _Refused, decode_image
 from models import pixels
-from models.pixels import prepare_image, shrink_for
+from models.pixels import prepare_image, resize_bicubic, shrink_for
 
 SIZE = (192, 144)  # the committed artifact's input (height, width)
 CATALOGUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small" / "images"
@@ -97,7 +97,8 @@ def test_padding_a_strip_builds_a_small_canvas(monkeypatch):
 
 
 def _full_size_reference(img: Image.Image, size) -> np.ndarray:
-    """prepare_image as it was before shrinking existed (full-size pad, then one bicubic resize)."""
+    """prepare_image as it was before shrinking existed (full-size pad, then one bicubic resize: the
+    same resize_bicubic, whose agreement with Pillow tests/test_resize.py checks)."""
     height, width = size
     img = ImageOps.exif_transpose(img).convert("RGB")
     w, h = img.size
@@ -106,7 +107,7 @@ def _full_size_reference(img: Image.Image, size) -> np.ndarray:
         canvas = Image.new("RGB", (cw, ch), (255, 255, 255))
         canvas.paste(img, ((cw - w) // 2, (ch - h) // 2))
         img = canvas
-    return np.asarray(img.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return resize_bicubic(np.asarray(img, dtype=np.uint8)[None], height, width)[0]
 
 
 @pytest.mark.skipif(not CATALOGUE.is_dir(), reason="catalogue images not present")

@@ -251,14 +251,14 @@ def test_fetch_many_decodes_for_the_size_of_the_call_not_the_one_the_fetcher_was
 
 
 class _Model:
-    """What ``scoring.fetch_images`` uses of a categorizer: its input size, and prepare_image (here:
-    the decoded image itself, so the test sees the scale it was decoded at)."""
+    """What ``scoring.fetch_images`` uses of a categorizer: its input size, and prepare_images (here:
+    the decoded images themselves, so the test sees the scale they were decoded at)."""
 
     def __init__(self, image_size):
         self.image_size = image_size
 
-    def prepare_image(self, image):
-        return image
+    def prepare_images(self, images):
+        return list(images)
 
 
 def test_a_batch_is_decoded_for_the_model_it_is_scored_with_after_a_reload(server):

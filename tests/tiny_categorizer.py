@@ -43,6 +43,15 @@ class TinyCategorizer:
     def prepare_image(self, image: Image.Image) -> np.ndarray:
         return np.asarray(image.convert("RGB").resize(self.image_size[::-1]), dtype=np.uint8)
 
+    def prepare_images(self, images) -> list:
+        out = []
+        for image in images:
+            try:
+                out.append(self.prepare_image(image))
+            except Exception as exc:  # the Categorizer contract: the exception, in its place
+                out.append(exc)
+        return out
+
     def _bow(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), BUCKETS), dtype=np.float32)
         for row, text in enumerate(texts):

@@ -24,7 +24,7 @@ from models.image import DEFAULT_BACKBONE, build_backbone, prepare_image
 from models.paths import CACHE_DIR
 
 # Bump when prepare_image or the backbone graph changes in a way that alters features.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: the final resize is resize_bicubic (within 1 level of Pillow)
 
 
 def load_pixels(path: str, image_size: tuple[int, int], flip: bool = False) -> np.ndarray:
