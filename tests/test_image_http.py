@@ -131,3 +131,14 @@ def test_an_https_server_with_an_untrusted_certificate_is_refused_as_a_tls_error
     with _fetcher() as fetcher:
         results = [fetcher.fetch(f"{base}/a{i}.jpg") for i in range(3)]
     assert [r.error for r in results] == [None] * 3
+
+
+def test_a_tls_server_that_drops_idle_connections_costs_a_new_connection_not_a_failed_fetch(untrusted_tls_server,
+                                                                                            monkeypatch):
+    srv, base, cert = untrusted_tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    srv.drop_idle = True  # an idle TLS connection looks readable (session tickets), so reuse is tried
+    with _fetcher() as fetcher:
+        results = [fetcher.fetch(f"{base}/a{i}.jpg") for i in range(4)]
+    assert [r.error for r in results] == [None] * 4
+    assert len(set(srv.connections)) == 4

@@ -399,6 +399,11 @@ class _Connection(http.client.HTTPConnection):
             return True
 
 
+# What reusing a keep-alive connection the server has since closed raises (reset, broken pipe, an empty
+# status line; under TLS, an unexpected EOF or a close_notify).
+_CLOSED_WHILE_IDLE = (ConnectionError, http.client.BadStatusLine, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
 class _ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port), at most ``max_idle`` in all."""
 
@@ -440,7 +445,7 @@ class _ConnectionPool:
             try:
                 conn.request("GET", path, headers=headers)
                 return conn, conn.getresponse()
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+            except _CLOSED_WHILE_IDLE:
                 conn.close()
                 if conn is not reused:
                     raise
