@@ -19,12 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SHELVER_METRICS_PORT", "0")
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
+# Below Linux's ephemeral range (32768-60999): an outgoing connection of any process on the machine
+# can hold a port in that range at the moment the broker binds (CI failed once on 39092 that way).
+TEST_KAFKA_PORT, TEST_REGISTRY_PORT = "29392", "28381"  # the broker's controller takes the port + 1
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    """Starts a clean broker on SHELVER_TEST_KAFKA_PORT (default 39092) for the session; yields its address."""
-    port = os.environ.get("SHELVER_TEST_KAFKA_PORT", "39092")
+    """Starts a clean broker on SHELVER_TEST_KAFKA_PORT (default 29392) for the session; yields its address."""
+    port = os.environ.get("SHELVER_TEST_KAFKA_PORT", TEST_KAFKA_PORT)
     state = REPO / ".kafka" / f"test-{port}"
     env = {**os.environ, "KAFKA_PORT": port, "KAFKA_STATE_DIR": str(state)}
     subprocess.run([KAFKA_LOCAL, "stop"], env=env, check=True, capture_output=True)
@@ -39,9 +42,9 @@ def kafka_bootstrap() -> str:
 @pytest.fixture(scope="session")
 def schema_registry() -> str:
     """A real schema registry (Apicurio, in memory, scripts/registry-local) on SHELVER_TEST_REGISTRY_PORT
-    (default 38081), started once for the session by the first test that asks; yields the URL of its
+    (default 28381), started once for the session by the first test that asks; yields the URL of its
     Confluent-compatible API."""
-    port = os.environ.get("SHELVER_TEST_REGISTRY_PORT", "38081")
+    port = os.environ.get("SHELVER_TEST_REGISTRY_PORT", TEST_REGISTRY_PORT)
     env = {**os.environ, "REGISTRY_PORT": port, "REGISTRY_STATE_DIR": str(REPO / ".cache" / "registry" / f"test-{port}")}
     subprocess.run([REGISTRY_LOCAL, "stop"], env=env, check=True, capture_output=True)  # in memory: a fresh one
     subprocess.run([REGISTRY_LOCAL, "start"], env=env, check=True)

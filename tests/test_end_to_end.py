@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 def test_run_demo_categorizes_every_sample_product_at_least_90_percent_right_with_its_image():
     count = 60
-    env = {**os.environ, "SHELVER_DEMO_COUNT": str(count), "SHELVER_DEMO_KAFKA_PORT": "39592"}
+    env = {**os.environ, "SHELVER_DEMO_COUNT": str(count), "SHELVER_DEMO_KAFKA_PORT": "29592"}  # outside the ephemeral range
     env.pop("SHELVER_ARTIFACT_DIR", None)  # the committed artifact, as `make run` uses it
     proc = subprocess.run([ROOT / "scripts" / "run-demo"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
