@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import uuid
 from pathlib import Path
@@ -52,6 +53,21 @@ def schema_registry() -> str:
         yield f"http://127.0.0.1:{port}/apis/ccompat/v7"
     finally:
         subprocess.run([REGISTRY_LOCAL, "stop"], env=env, check=True)
+
+
+@pytest.fixture
+def loopback_certificate(tmp_path) -> tuple[ssl.SSLContext, Path]:
+    """A self-signed certificate for 127.0.0.1 (made by openssl): a server-side SSL context holding it,
+    and the certificate's path (to trust it through SSL_CERT_FILE)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx, cert
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 idle connections, chunked bodies (whole and cut short), and TLS certificate verification."""
 from __future__ import annotations
 
-import shutil
 import socket
-import ssl
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -102,17 +99,10 @@ def test_a_connection_refused_is_a_connect_error():
 
 
 @pytest.fixture
-def untrusted_tls_server(tmp_path, monkeypatch):
+def untrusted_tls_server(loopback_certificate, monkeypatch):
     """A real HTTPS server whose self-signed certificate the fetcher has no reason to trust."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    ctx, cert = loopback_certificate
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
     srv = _Server(("127.0.0.1", 0), _KeepAliveHandler)
     srv.connections, srv.drop_idle = [], False
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)

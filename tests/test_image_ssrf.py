@@ -3,9 +3,7 @@ and DNS bounded by a resolver lifetime and pinned to the checked address, agains
 controls (tests/dns_server.py) and real local HTTP(S) servers."""
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -246,17 +244,10 @@ def test_a_resolver_that_drops_aaaa_queries_still_resolves_by_a(two_servers):
 
 
 @pytest.fixture
-def tls_server(tmp_path, monkeypatch):
+def tls_server(loopback_certificate, monkeypatch):
     """A real HTTPS server on 127.0.0.1 with a self-signed certificate the fetcher is made to trust."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    ctx, cert = loopback_certificate
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx's create_ssl_context reads it
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
     tls, plain = _serve("127.0.0.1", 0, RED, ctx), _serve("127.0.0.1", 0, BLUE)
     yield f"https://127.0.0.1:{tls.server_port}", f"http://127.0.0.1:{plain.server_port}", plain
     for srv in (tls, plain):
