@@ -58,10 +58,12 @@ def fetch_images(fetcher, categorizer: Categorizer, urls: Sequence[str | None]) 
     wanted = [i for i, u in enumerate(urls) if u]
     out: list[Image] = [(None, "no_url")] * len(urls)
     fetched = fetcher.fetch_many([urls[i] for i in wanted], target_size=categorizer.image_size) if wanted else []
-    decoded = [(i, res.image) for i, res in zip(wanted, fetched) if res.image is not None]
+    decoded = []
     for i, res in zip(wanted, fetched):
         if res.image is None:
             out[i] = (None, res.error or "fetch_failed")
+        else:
+            decoded.append((i, res.image))
     # One call for the batch: images of one size are resized together.
     prepared = categorizer.prepare_images([image for _, image in decoded]) if decoded else []
     for (i, _), pixels in zip(decoded, prepared):
