@@ -79,7 +79,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
             handler.removeFilter(old)
         handler.addFilter(_ScrubFilter(scrub))
         handler.setFormatter(_ScrubFormatter(scrub))  # tracebacks and stacks too
-    for noisy in ("httpx", "httpcore"):  # one line per image request otherwise
+    for noisy in ("httpx", "httpcore"):  # the schema registry client: one line per request otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
