@@ -72,3 +72,31 @@ def test_save_load_predicts_identically(small_run, tmp_path):
     assert loaded.labels == tm.labels
     assert np.array_equal(loaded.predict_proba(texts), tm.predict_proba(texts))
     assert (tmp_path / "text_weights.npz").stat().st_size < 15e6
+
+
+def _batches(texts, bucketed: bool):
+    from training.train_text import _dataset
+
+    enc = TextEncoder.build(texts, char_ngrams=(3, 5))
+    y = np.arange(len(texts)) % 3
+    ds = _dataset(enc, texts, np.eye(3, dtype=np.float32)[y], np.arange(len(texts), dtype=np.float32), 8, 0, bucketed)
+    return enc, [(np.asarray(ids), np.asarray(w)) for ids, _, w in ds]
+
+
+def test_length_bucketed_batches_keep_every_row_once_and_pad_less():
+    """Titles (~80 ids) and long descriptions (~2,000) mixed: bucketed batches still hold each row
+    exactly once per epoch, with its own ids, but pad far less than batches of mixed lengths."""
+    rng = np.random.default_rng(0)
+    words = [f"word{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.choice([4, 6, 60, 120], size=200)]
+    enc, plain = _batches(texts, bucketed=False)
+    _, bucketed = _batches(texts, bucketed=True)
+    for batches in (plain, bucketed):
+        seen = np.concatenate([w for _, w in batches]).astype(int)  # the weight column carries the row number
+        assert sorted(seen) == list(range(len(texts)))
+    for ids, w in bucketed:
+        for row, i in zip(ids, w.astype(int)):
+            want = enc.ids(texts[i])
+            assert list(row[: len(want)]) == want and not row[len(want):].any()
+    padded = {name: sum(ids.size for ids, _ in b) for name, b in (("plain", plain), ("bucketed", bucketed))}
+    assert padded["bucketed"] < 0.6 * padded["plain"], padded

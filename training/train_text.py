@@ -38,7 +38,15 @@ def pretrained_vectors(
     return unit_rows(start)
 
 
-def _dataset(encoder: TextEncoder, texts, y, w, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
+# Upper bounds of the id-count buckets a training batch is drawn from (see `_dataset`).
+LENGTH_BUCKETS = (24, 48, 96, 160, 256, 384, 512, 768, 1024, 1536)
+
+
+def _dataset(encoder: TextEncoder, texts, y, w, batch_size: int, shuffle_seed: int | None,
+             bucketed: bool = False) -> tf.data.Dataset:
+    """Batches of padded ids. ``bucketed`` draws each batch from texts of similar id counts (a
+    title has ~80 ids, a long description ~2,000): padding a batch to its longest row then costs
+    little, which makes an epoch about 2.5x cheaper on CPU. Batches still come in shuffled order."""
     rows = [encoder.ids(t) or [0] for t in texts]
     ragged = tf.RaggedTensor.from_row_lengths(
         np.concatenate([np.asarray(r, np.int32) for r in rows]), [len(r) for r in rows]
@@ -46,7 +54,15 @@ def _dataset(encoder: TextEncoder, texts, y, w, batch_size: int, shuffle_seed: i
     ds = tf.data.Dataset.from_tensor_slices((ragged, y.astype(np.float32), w.astype(np.float32)))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.ragged_batch(batch_size).map(lambda r, y, w: (r.to_tensor(), y, w)).prefetch(2)
+    if not bucketed:
+        return ds.ragged_batch(batch_size).map(lambda r, y, w: (r.to_tensor(), y, w)).prefetch(2)
+    ds = ds.map(lambda r, y, w: (r.to_tensor() if isinstance(r, tf.RaggedTensor) else r, y, w))
+    ds = ds.bucket_by_sequence_length(
+        lambda r, y, w: tf.shape(r)[0], list(LENGTH_BUCKETS), [batch_size] * (len(LENGTH_BUCKETS) + 1)
+    )
+    if shuffle_seed is not None:  # buckets fill at different rates: mix their batches again
+        ds = ds.shuffle(64, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
+    return ds.prefetch(2)
 
 
 def _targets(y: np.ndarray, n_labels: int) -> np.ndarray:
@@ -78,6 +94,7 @@ def train_text_model(
     verbose: int = 1,
     normalizer: str = "v1",
     hidden: int = 0,
+    bucketed: bool = False,
 ) -> tuple[TextModel, dict]:
     """Train on (text, label) pairs; labels are class indices or soft rows [N, S].
 
@@ -105,7 +122,7 @@ def train_text_model(
 
     n = len(labels)
     w = np.ones(len(train_texts), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
-    train_ds = _dataset(encoder, train_texts, _targets(train_y, n), w, batch_size, seed)
+    train_ds = _dataset(encoder, train_texts, _targets(train_y, n), w, batch_size, seed, bucketed)
     val_ds = None
     if len(val_texts):
         val_ds = _dataset(encoder, val_texts, _targets(val_y, n), np.ones(len(val_texts)), 512, None)
