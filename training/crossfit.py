@@ -7,7 +7,7 @@
   are out-of-fold, i.e. distributed like the deployed model's KL rows on new marketplace products.
   The calibrator (`training.calibrate`) is fitted on them.
 
-Models are cached under ``.cache/hitl/`` (they take a few minutes each on 2 CPU cores).
+Models are cached under ``.cache/hitl/`` (7–15 minutes each on 2 shared CPU cores).
 
     python -m training.crossfit            # trains what is missing
 """
@@ -26,7 +26,9 @@ from training import data
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
 
 CACHE = CACHE_DIR / "hitl"
-RECIPE = "v3"  # the text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer)
+# The text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer; v3b: the
+# same with length-bucketed batches, `training.train_text._dataset`). v3-20261203 was trained as v3.
+RECIPE = "v3b"
 SEED = 13  # the committed artifact's seed
 
 
