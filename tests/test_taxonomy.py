@@ -71,3 +71,17 @@ def test_marketplace_taxonomy_loads_with_mapping_for_every_target():
     tax = load_taxonomy(TAXONOMY)
     assert len(tax.targets) == 12 and tax.fallback in tax.targets
     assert all(c.source_classes and c.keywords for c in tax.categories)
+
+
+def test_soft_label_rows_are_distributions_even_for_a_target_without_source_classes():
+    """A capped label space can lack every source class of a target (SKIRT here): its row must not be
+    0/0 (NaN would poison the text model's weights), and mapped targets keep their frequency rows."""
+    from training.marketplace_eval import target_soft_labels
+
+    taxonomy = load_taxonomy(TAXONOMY)
+    labels = ["Tshirts", "Shirts", "Dresses", "other:OTHERS"]
+    rows = target_soft_labels(taxonomy, labels, np.array([30.0, 10.0, 5.0, 1.0]))
+    for name, row in rows.items():
+        assert np.isfinite(row).all() and abs(row.sum() - 1) < 1e-6, name
+    np.testing.assert_allclose(rows["TOPS"][:2], [31 / 42, 11 / 42], rtol=1e-6)
+    np.testing.assert_allclose(rows["SKIRT"], 0.25)

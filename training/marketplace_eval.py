@@ -73,13 +73,15 @@ def target_soft_labels(
     taxonomy: Taxonomy, labels: Sequence[str], class_counts: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per target, a distribution over its source classes proportional to catalogue frequency:
-    how a marketplace item of that target is mapped to a "representative" source label."""
+    how a marketplace item of that target is mapped to a "representative" source label. A target
+    with no source class in ``labels`` (a capped smoke run's pooled label space) gets a uniform row,
+    not 0/0: a NaN label row would poison every weight it reaches."""
     out = {}
     for c in taxonomy.categories:
         row = np.zeros(len(labels), np.float32)
         idx = mapped_classes(c, labels)
         row[idx] = class_counts[idx] + 1.0
-        out[c.name] = row / row.sum()
+        out[c.name] = row / row.sum() if row.sum() > 0 else np.full(len(labels), 1.0 / len(labels), np.float32)
     return out
 
 
