@@ -189,7 +189,7 @@ def train_marketplace_text_model(
     Word vectors are pretrained on the titles, the Myntra catalogue's attribute lists and the
     examples' descriptions (never the evaluation part). The taxonomy's keywords play no part
     (they were written after reading all 500 development descriptions). ``bucketed`` draws each
-    batch from texts of similar length (same data, epochs and loss; about 3x cheaper on CPU;
+    batch from texts of similar length (same data, epochs and loss; about 2.5x cheaper on CPU;
     `v3-20261203` was trained before it, on batches of mixed lengths). Returns the model and
     its history, incl. catalogue held-out source top-1 (``catalogue_top1``) and the corpus size
     per source (``corpus``)."""
@@ -228,7 +228,7 @@ def train_marketplace_text_model(
         verbose=verbose,
         char_ngrams=char_ngrams,
         normalizer="v2",
-        bucketed=bucketed,  # length-bucketed batches: same data and epochs, ~3x cheaper (v3-20261203 predates it)
+        bucketed=bucketed,  # length-bucketed batches: same data and epochs, ~2.5x cheaper (v3-20261203 predates it)
         **train_kw,
     )
     hist["bucketed"] = bucketed
