@@ -56,7 +56,9 @@ def _dataset(encoder: TextEncoder, texts, y, w, batch_size: int, shuffle_seed: i
         ds = ds.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
     if not bucketed:
         return ds.ragged_batch(batch_size).map(lambda r, y, w: (r.to_tensor(), y, w)).prefetch(2)
-    ds = ds.map(lambda r, y, w: (r.to_tensor() if isinstance(r, tf.RaggedTensor) else r, y, w))
+    # Rows are typed RaggedTensorSpec(ragged_rank=0) but arrive in `map` as dense tensors: passing them
+    # through re-types them as TensorSpec, which `bucket_by_sequence_length`'s padded batches need.
+    ds = ds.map(lambda r, y, w: (r, y, w))
     ds = ds.bucket_by_sequence_length(
         lambda r, y, w: tf.shape(r)[0], list(LENGTH_BUCKETS), [batch_size] * (len(LENGTH_BUCKETS) + 1)
     )
