@@ -99,9 +99,14 @@ class TextEncoder:
                    tuple(ng) if ng else None, str(d.get("normalizer", "v1")))
 
 
+# Word positions the convolution reads: `TextEncoder.ids` puts a row's word ids first, at most
+# ``max_len`` (128) of them, then its bigram and subword ids.
+CONV_POSITIONS = 128
+
+
 def build_text_model(
     n_ids: int, n_words: int, n_labels: int, dim: int = 50, frozen_dim: int = 0, dropout: float = 0.2,
-    hidden: int = 0,
+    hidden: int = 0, conv: int = 0,
 ) -> keras.Model:
     """ids [B, L] → softmax [B, n_labels].
 
@@ -109,6 +114,9 @@ def build_text_model(
     averaged alongside: words that never occur in training titles (marketplace attribute
     words) then still carry their pretrained meaning into the classifier, which fine-tuned
     vectors of unseen words would not (they stay where they started while the rest move).
+    With ``conv`` > 0, ``conv`` filters over windows of three consecutive words (both
+    embeddings), max-pooled over the text, join the averages: the bag cannot tell "midi
+    design, sleeveless" from the same words in other phrases. Padding never changes the result.
     """
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     # expand_dims rather than [..., None]: the latter becomes a StridedSlice with new_axis_mask,
@@ -117,12 +125,21 @@ def build_text_model(
     count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
     emb = keras.layers.Embedding(n_ids, dim, embeddings_initializer="zeros", name="embedding")(ids)
     h = keras.ops.sum(emb * mask, axis=1) / count
+    word_ids = keras.ops.where(keras.ops.less_equal(ids, n_words), ids, PAD)
+    wmask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(word_ids, PAD), "float32"), -1)
+    parts = [h]
     if frozen_dim:
-        word_ids = keras.ops.where(keras.ops.less_equal(ids, n_words), ids, PAD)
-        wmask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(word_ids, PAD), "float32"), -1)
         frozen = keras.layers.Embedding(1 + n_words, frozen_dim, trainable=False, name="frozen")(word_ids)
-        h2 = keras.ops.sum(frozen * wmask, axis=1) / keras.ops.maximum(keras.ops.sum(wmask, axis=1), 1.0)
-        h = keras.layers.Concatenate()([h, h2])
+        parts.append(keras.ops.sum(frozen * wmask, axis=1) / keras.ops.maximum(keras.ops.sum(wmask, axis=1), 1.0))
+    if conv:
+        words = wmask[:, :CONV_POSITIONS]
+        seq = [emb[:, :CONV_POSITIONS]] + ([frozen[:, :CONV_POSITIONS]] if frozen_dim else [])
+        seq = (keras.layers.Concatenate()(seq) if len(seq) > 1 else seq[0]) * words
+        # ReLU outputs are >= 0, so zeroing non-word positions keeps them out of the max
+        grams = keras.layers.Conv1D(conv, 3, padding="same", activation="relu", name="conv")(seq) * words
+        parts.append(keras.ops.max(grams, axis=1))
+    if len(parts) > 1:
+        h = keras.layers.Concatenate()(parts)
     h = keras.layers.Dropout(dropout)(h)
     if hidden:  # one ReLU layer lets cues combine (a length cue + a neckline → DRESS, a neckline alone → TOPS)
         h = keras.layers.Dense(hidden, activation="relu", name="hidden")(h)

