@@ -36,6 +36,14 @@ def test_card_marks_hm_as_not_used_when_trained_without_it_and_states_its_licenc
     assert "| catalogue titles | 5 |" in card
 
 
+def test_card_counts_the_myntra_rows_and_says_their_licence_is_not_confirmed():
+    from training import text_corpus
+
+    card = model_card.render(_manifest({text_corpus.MYNTRA_SOURCE: 4917}), _results())
+    row = next(line for line in card.splitlines() if line.startswith("| Myntra descriptions"))
+    assert "| 4917 |" in row and "not confirmed" in row and "--no-myntra" in row
+
+
 def test_card_shows_model_beside_baseline_the_ablation_and_only_labelled_confusion_rows():
     ablation = {
         "full": {"accuracy": 0.9, "macro_f1": 0.8, "n": 10, "corpus": ["catalogue titles", "H&M descriptions"],

@@ -27,8 +27,10 @@ from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev
 
 CACHE = CACHE_DIR / "hitl"
 # The text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer; v3b: the
-# same with length-bucketed batches, `training.train_text._dataset`). v3-20261203 was trained as v3.
-RECIPE = "v3b"
+# same with length-bucketed batches, `training.train_text._dataset`; v4: v3b plus the Myntra attribute
+# lists labelled from their names, `training.text_corpus.myntra_labelled`). v3-20261203 was trained as
+# v3, v4-20261204 as v4.
+RECIPE = "v4"
 SEED = 13  # the committed artifact's seed
 
 

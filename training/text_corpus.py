@@ -63,6 +63,42 @@ def myntra_texts(path: Path = MYNTRA) -> list[str]:
     return sorted(set(df["Description"].astype(str)))
 
 
+# A Myntra name labels its description only when the title classifier is at least this sure. Chosen
+# on the catalogue's held-out titles before any marketplace text was scored: at 0.8 it keeps 91% of
+# them and is right on 98.6% (0.9: 83%, 99.0%); on Myntra it keeps 6,043 of 12,491 rows.
+MYNTRA_NAME_CONFIDENCE = 0.8
+# The corpus source name of those rows (the model card's licence table keys on it).
+MYNTRA_SOURCE = "Myntra descriptions (types from their names)"
+
+
+def title_classifier(titles: list[str], labels: np.ndarray):
+    """TF-IDF (word 1-2-grams) + logistic regression from catalogue titles to source classes.
+
+    Why: Myntra's product names are written like the catalogue's titles ("Parx Men Green Slim Fit
+    Checked Casual Shirt"), so a classifier of the catalogue's own titles can name the product type
+    of a Myntra attribute list, which has no label. 96.3% right on the catalogue's held-out titles.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                          LogisticRegression(C=10, max_iter=300))
+    return model.fit(titles, labels)
+
+
+def myntra_labelled(classifier, path: Path = MYNTRA,
+                    min_confidence: float = MYNTRA_NAME_CONFIDENCE) -> tuple[list[str], np.ndarray]:
+    """Myntra descriptions labelled by ``classifier`` from their product names: (texts, source class
+    index), one row per distinct (description, class), only where the classifier is sure enough."""
+    df = pd.read_csv(path, usecols=["Product_Name", "Description"]).dropna()
+    proba = classifier.predict_proba(df["Product_Name"].astype(str).tolist())
+    classes = np.asarray(classifier.classes_)
+    df = df.assign(label=classes[proba.argmax(1)], sure=proba.max(1) >= min_confidence)
+    df = df[df["sure"]].drop_duplicates(["Description", "label"]).sort_values(["label", "Description"])
+    return df["Description"].astype(str).tolist(), df["label"].to_numpy()
+
+
 @dataclass
 class Corpus:
     """Parallel lists: raw texts, label rows [N, S] (one-hot or soft), weights, the target

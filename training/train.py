@@ -76,7 +76,7 @@ def ablate(df, space, taxonomy, dev, args, full_model, full_hist) -> dict:
         else:
             tm, hist = train_marketplace_text_model(df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs,
                                                     seed=args.seed, verbose=0, conv=args.text_conv,
-                                                    **{"hm": not args.no_hm, **keep})
+                                                    **{"hm": not args.no_hm, "myntra": not args.no_myntra, **keep})
         uses_examples = keep.get("example_weight", 1) > 0
         res = evaluate_text_choice(tm, taxonomy, dev, examples_idx if uses_examples else [], eval_idx)
         out[name] = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
@@ -111,6 +111,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-hm", action="store_true",
                     help="leave H&M's descriptions out of the text model (their licence restricts use; "
                          "the model card's ablation says what that costs)")
+    ap.add_argument("--no-myntra", action="store_true",
+                    help="leave out the Myntra attribute lists labelled from their product names (licence not "
+                         "confirmed; their words still pretrain the word vectors)")
     ap.add_argument("--ablation", action="store_true",
                     help="also train the text model without H&M, without descriptions and on titles only, and "
                          "score each on the marketplace evaluation part (for the model card; ~15 min more)")
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     t = time.time()
     text_model, text_hist = train_marketplace_text_model(
         df, space, taxonomy, dev, examples_idx, epochs=args.text_epochs, seed=args.seed, hm=not args.no_hm,
+        myntra=not args.no_myntra,
         hm_per_target=args.per_class,  # a capped smoke run caps H&M's rows too
         conv=args.text_conv,
     )
