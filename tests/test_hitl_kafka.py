@@ -307,7 +307,11 @@ def test_corrections_streamed_into_a_running_service_change_uncorrected_results_
            [("online before", online_before), ("online after", online_after),
             ("offline before", offline_before), ("offline after", offline_after)]}
     assert abs(acc["online after"] - acc["offline after"]) <= 2 / len(truth), acc
-    # The corrections changed results on products nobody corrected, and not for the worse (the curve:
-    # 84.2% -> 84.5% with v3-20261203, which saw these examples in training).
+    # The corrections changed results on products nobody corrected, in the direction the offline curve
+    # went (it went up with v3-20261203, 84.2% -> 84.5%; with v4-20261204 it goes down, 85.6% -> 84.5%:
+    # both saw these examples in training, see docs/human-in-the-loop.md).
     assert np.sum(online_after != online_before) > 0, acc
-    assert acc["online after"] >= acc["online before"], acc
+    offline_change = acc["offline after"] - acc["offline before"]
+    online_change = acc["online after"] - acc["online before"]
+    assert abs(online_change - offline_change) <= 2 / len(truth), acc
+    assert np.sign(online_change) == np.sign(offline_change) or abs(offline_change) <= 1 / len(truth), acc
