@@ -46,3 +46,9 @@ def test_myntra_rows_keep_only_sure_names_once_each_with_the_named_type(catalogu
     assert named == {rows[0][1]: "Shirts", rows[2][1]: "Dresses"}
     texts, _ = text_corpus.myntra_labelled(clf, path, min_confidence=1.01)
     assert texts == []
+
+
+def test_a_source_class_maps_to_its_category_whether_pooled_or_its_own_article_type():
+    targets = data.article_type_targets()
+    assert data.LabelSpace.target_of("other:JUMPSUIT", targets) == "JUMPSUIT"
+    assert data.LabelSpace.target_of("Dresses", targets) == targets["Dresses"] == "DRESS"

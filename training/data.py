@@ -54,6 +54,12 @@ class LabelSpace:
         index = {label: i for i, label in enumerate(self.labels)}
         return np.array([index.get(self.article_to_label.get(a, ""), -1) for a in article_types], dtype=np.int64)
 
+    @staticmethod
+    def target_of(label: str, targets: dict[str, str]) -> str:
+        """The marketplace category of a source class: a pool's is in its name (``other:<TARGET>``, see
+        `label_space`), an articleType's comes from ``targets`` (`article_type_targets`)."""
+        return label.removeprefix("other:") if label.startswith("other:") else targets[label]
+
 
 def label_space(df: pd.DataFrame, targets: dict[str, str], min_count: int = DEFAULT_MIN_COUNT) -> LabelSpace:
     """articleType classes; rare ones merged per target category, then tiny groups dropped.

@@ -163,8 +163,7 @@ def training_corpus(
             keep = np.concatenate([np.flatnonzero(labels == k)[:hm_per_target] for k in np.unique(labels)])
             texts, labels = [texts[i] for i in sorted(keep)], labels[np.sort(keep)]
         corpus.add(text_corpus.MYNTRA_SOURCE, texts, onehot[labels], 1.0,
-                   [to_target[space.labels[k]] if space.labels[k] in to_target
-                    else space.labels[k].split(":", 1)[-1] for k in labels])
+                   [space.target_of(space.labels[k], to_target) for k in labels])
     ex = dev.iloc[examples_idx]
     ex = ex[ex["label"] != UNLABELABLE]
     if example_weight > 0 and len(ex):
