@@ -116,3 +116,23 @@ def test_adjusted_divergences_stay_non_negative_so_the_confidence_stays_defined(
     assert (adjusted >= k - 1e-12).all() and (adjusted >= 0).all()
     cal = Calibration((1.0, -1.0, 0.0), 0.0)
     assert np.isfinite(cal.confidence(adjusted, np.zeros(len(p), bool))).all()
+
+
+# ---- the margin loss tried on 2026-12-04 (training.learning_curve.fit_margin_adapter; not adopted) -------
+
+
+def test_the_margin_loss_leaves_corrections_the_model_already_agrees_with_untaught_where_cross_entropy_moves():
+    from training.learning_curve import fit_margin_adapter
+
+    agreeing = [Correction(f"p{i}", "PANT", p, f"r{i % 3}") for i, p in enumerate(around([0.02, 0.02, 0.02, 0.94], 12, 3))]
+    assert np.all(choose(None, np.stack([c.p for c in agreeing])) == "PANT")  # each already right by many nats
+    assert not np.any(fit_margin_adapter(PRIOR, TARGETS, agreeing, margin=1.0).theta)
+    assert np.abs(fit_adapter(PRIOR, TARGETS, agreeing).theta).max() > 1e-3  # the cross-entropy keeps pushing
+
+
+def test_the_margin_loss_still_teaches_corrections_the_model_gets_wrong():
+    from training.learning_curve import fit_margin_adapter
+
+    adapter = fit_margin_adapter(PRIOR, TARGETS, stream(), margin=1.0)
+    assert np.mean(choose(adapter, around(BOXY_DRESS, 200, 7)) == "DRESS") > 0.9
+    assert np.mean(choose(adapter, around(REAL_TOP, 200, 8)) == "TOPS") > 0.9
