@@ -20,7 +20,9 @@ trained without that half (`training.crossfit`'s fold models, which never saw th
 file order and ``--orders`` - 1 seeded shuffles. The evaluation part plays no part in the choice. The
 committed model saw every example in training, so its own prequential accuracy says nothing; the
 out-of-fold rows are the honest measure of what a correction teaches. ``--noex`` adds the recipe
-trained without any example (`training.crossfit.noex_model`; trains it when not cached).
+trained without any example (`training.crossfit.noex_model`; trains it when not cached). ``--margins``
+adds the margin loss tried on 2026-12-04 (`fit_margin_adapter`) to the choice's printout; the choice itself
+stays among the service's rules.
 """
 from __future__ import annotations
 
