@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from models import kl
-from models.correction_rule import (Adapter, Correction, adapter_features, corrected_projections, fit_adapter,
-                                   reviewer_weights)
+from models.correction_rule import (Adapter, Correction, _applicable, _owners, adapter_features, corrected_projections,
+                                   fit_adapter, reviewer_weights)
 from models.paths import REPORTS_DIR, newest_artifact
 from models.taxonomy import build_projections, load_taxonomy
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev
@@ -53,9 +53,8 @@ def fit_margin_adapter(base_q: np.ndarray, targets: Sequence[str], corrections: 
     nothing, so corrections that agree with the model leave θ at 0. Loss h(u), u = LSE_{t≠y}(z_t) − z_y +
     margin: 0 for u ≤ 0, u²/2 up to 1, u − 1/2 beyond. Convex in θ, and its gradient per unit of weight is
     at most 2, as the cross-entropy's (the same bound on one reviewer)."""
-    owner = {name: t for t, name in enumerate(targets)}
-    kept = sorted((c for c in corrections if c.category in owner),
-                  key=lambda c: (c.product_id, c.category, c.reviewer or "", c.stamp))
+    owner = _owners(targets, None)
+    kept = _applicable(corrections, owner)  # one fixed order, as fit_adapter takes them
     if not kept:
         return None
     p = kl.normalize_rows(np.stack([np.clip(np.asarray(c.p, dtype=np.float64), 0.0, None) for c in kept]))
@@ -93,11 +92,8 @@ def decide(rule: str, q0: np.ndarray, targets: Sequence[str], corrections: Seque
         q, _ = corrected_projections(q0, targets, corrections, SERVICE["prior_strength"], reviewer_cap,
                                      temperature=SERVICE["temperature"])
         return kl.kl_matrix(p, q).argmin(1)
-    if rule == "margin":
-        adapter = fit_margin_adapter(q0, targets, corrections, l2, margin, reviewer_cap)
-        k = kl.kl_matrix(p, q0)
-        return (k if adapter is None else adapter.adjusted(k, p)).argmin(1)
-    adapter = fit_adapter(q0, targets, corrections, l2, reviewer_cap)
+    adapter = (fit_margin_adapter(q0, targets, corrections, l2, margin, reviewer_cap) if rule == "margin"
+               else fit_adapter(q0, targets, corrections, l2, reviewer_cap))
     k = kl.kl_matrix(p, q0)
     return (k if adapter is None else adapter.adjusted(k, p)).argmin(1)
 
