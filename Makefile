@@ -46,7 +46,7 @@ train: setup
 evaluate: setup
 	$(BIN)/shelver evaluate
 
-# throughput per engine and mode, latency at 50%/80% load → reports/benchmark.md + .png (≈ 4 min; own broker)
+# throughput per engine and mode, latency at 50%/80% load → reports/benchmark.md + .png (≈ 5 min; own broker)
 benchmark: setup
 	$(BIN)/python benchmarks/run_all.py
 

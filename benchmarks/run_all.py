@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-events", type=int, default=1000, help="an unreported run that warms the broker's JVM")
     p.add_argument("--warmup-seconds", type=float, default=20, help="an unreported fixed-rate run before the latency runs")
     p.add_argument("--latency-seconds", type=float, default=60)
-    p.add_argument("--cpu-rounds", type=int, default=3,
+    p.add_argument("--cpu-rounds", type=int, default=5,
                    help="end-to-end runs per engine (batch 32) whose CPU outside inference the report gives")
     p.add_argument("--quick", action="store_true", help="small counts and 20 s latency runs (harness check)")
     p.add_argument("--data")
