@@ -15,7 +15,9 @@ separate process (``benchmarks/image_server.py``), and measures, in this order a
 3. latency at a fixed production rate of 50% and 80% of the measured end-to-end capacity, for
    ``--latency-seconds`` each over 6 partitions: p50/p95/p99 overall and per partition, after an
    unreported run at 50% for ``--warmup-seconds``;
-4. ``shelver categorize``'s path (no Kafka) on as many other products, right after the end-to-end LiteRT run.
+4. ``shelver categorize``'s path (no Kafka) on as many other products, right after the end-to-end LiteRT run;
+5. where TensorFlow sees a GPU, the graph there at batch 32, 64 and 128, float32 and mixed precision
+   (``benchmarks/gpu.py``; the report says it was skipped elsewhere).
 
 Ratios are taken within the run, so a machine shared with other work still gives comparable rows.
 """
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import gpu  # noqa: E402
 from image_server import CpuMeter, image_server  # noqa: E402
 from latency import LatencyRun, Timed, describe, run_latency  # noqa: E402
 
@@ -262,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         for engine, secs in image_spent.items():
             rows.append(Row("bare image model", engine, 32, rounds * len(pixels), secs))
             print(f"bare image model {engine} b32: {rows[-1].eps:.1f} images/s", flush=True)
+    # The TensorFlow graph on a GPU at batch 32/64/128, float32 and mixed precision (a skip line without one)
+    gpu_result = gpu.run(artifact, np.stack(images), texts, batches=[b for b in gpu.BATCHES if b <= len(images)])
+    print("\n".join(gpu.markdown(gpu_result)), flush=True)
     # The text half alone (issue #14's budget: at most 2 core-ms per event at batch 32)
     from text_cost import run as text_cost_run
 
@@ -320,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         affinity=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg(),
         model=version, duration=time.perf_counter() - t_run, commit=_git_commit(), quick=args.quick,
         text_cost=text_cost, vector_extensions=vector_extensions(cpu_flags()), cpu_rounds=cpu_rounds,
+        gpu=gpu_result,
     )
     out = Path(args.out)
     from report import write_report
