@@ -96,6 +96,10 @@ class ArtifactCategorizer:
         self.image_size: tuple[int, int] = tuple(artifact.manifest["image"]["size"])
         self.labels = tuple(artifact.manifest["label_space"]["labels"])
         self.image_weight = ens.get("image_weight", 0.5) if image_weight is None else image_weight
+        self.combine = ens.get("combine", "mean")  # kl.COMBINE_RULES; artifacts before v5 averaged
+        if self.combine not in kl.COMBINE_RULES:
+            raise ValueError(f"manifest ensemble.combine must be one of {', '.join(kl.COMBINE_RULES)}, "
+                             f"not {self.combine!r}")
         self.abstain_threshold = ens.get("abstain_threshold") if abstain_threshold is None else abstain_threshold
         self.fallback = fallback or ens.get("fallback", "OTHERS")
         # (q, targets, taxonomy version, corrections' adapter) as one tuple: `set_projections` swaps it with
@@ -186,11 +190,15 @@ class ArtifactCategorizer:
                          None if f is None else float(f), version)
                 for c, u, f in zip(choices, used, conf)]
 
+    def ensemble(self, image_p, text_p, used, text_used=None) -> np.ndarray:
+        """`kl.ensemble` with this artifact's weight and rule (what serving, evaluation and calibration share)."""
+        return kl.ensemble(image_p, text_p, used, self.image_weight, text_used=text_used, combine=self.combine)
+
     def categorize(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[Decision]:
         image_p, text_p, used = self.source_distributions(texts, images)
         # Text with no tokens is no evidence: such rows are scored from the image alone.
         has_text = np.array([bool(self.artifact.text_model.encoder.tokens(t)) for t in texts], dtype=bool)
-        return self.decide(kl.ensemble(image_p, text_p, used, self.image_weight, text_used=has_text), used, texts)
+        return self.decide(self.ensemble(image_p, text_p, used, text_used=has_text), used, texts)
 
 
 def load_categorizer(directory: str | Path, **overrides) -> ArtifactCategorizer:

@@ -36,19 +36,29 @@ def image_weights(
     return np.where(both, float(image_weight), np.where(image_used, 1.0, 0.0))
 
 
+# How the two distributions are combined (an artifact's manifest: ``ensemble.combine``; absent: "mean").
+COMBINE_RULES = ("mean", "geometric")
+
+
 def ensemble(
     image_probs: np.ndarray | None,
     text_probs: np.ndarray,
     image_used: np.ndarray | None = None,
     image_weight: float = 0.5,
     text_used: np.ndarray | None = None,
+    combine: str = "mean",
 ) -> np.ndarray:
-    """Weighted average of the two models' distributions over the source labels.
+    """The two models' distributions over the source labels, combined with weight ``image_weight``.
 
-    Each row uses only the evidence it has (`image_weights`): a missing image never drags
-    the prediction towards an arbitrary image output, and missing text (``text_used``
-    False: no tokens) never drags it towards the text model's prior.
+    ``mean``: the weighted average. ``geometric``: the weighted geometric mean, renormalized
+    (a product of experts: a class either model rules out stays out, where the average keeps
+    half its mass). Each row uses only the evidence it has (`image_weights`): a missing image
+    never drags the prediction towards an arbitrary image output, and missing text
+    (``text_used`` False: no tokens) never drags it towards the text model's prior; with
+    weight 1 or 0 both rules return that one distribution.
     """
+    if combine not in COMBINE_RULES:
+        raise ValueError(f"ensemble rule must be one of {', '.join(COMBINE_RULES)}, not {combine!r}")
     text = normalize_rows(text_probs)
     if image_probs is None:
         return text
@@ -56,7 +66,10 @@ def ensemble(
     if image_used is None:
         image_used = np.ones(len(text), dtype=bool)
     w = image_weights(image_used, text_used, image_weight)[:, None]
-    return normalize_rows(w * image + (1.0 - w) * text)
+    if combine == "mean":
+        return normalize_rows(w * image + (1.0 - w) * text)
+    log_p = w * np.log(np.maximum(image, _EPS)) + (1.0 - w) * np.log(np.maximum(text, _EPS))
+    return normalize_rows(np.exp(log_p - log_p.max(axis=1, keepdims=True)))
 
 
 def top_k_sparsify(p: np.ndarray, k: int) -> np.ndarray:

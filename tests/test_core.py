@@ -66,6 +66,36 @@ def test_ensemble_uses_only_the_evidence_each_row_has():
     assert np.allclose(p, [[0.25, 0.75], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
 
 
+def test_geometric_ensemble_is_the_renormalized_weighted_product_and_keeps_each_rows_evidence():
+    image = np.array([[0.5, 0.4, 0.1]] * 3)
+    text = np.array([[0.1, 0.5, 0.4]] * 3)
+    p = kl.ensemble(image, text, np.array([True, True, False]), image_weight=0.5,
+                    text_used=np.array([True, False, True]), combine="geometric")
+    both = np.sqrt(image[0] * text[0])
+    assert np.allclose(p[0], both / both.sum())
+    assert np.allclose(p[1:], [image[1], text[2]])  # image only → the image; text only → the text
+    # the class one model rules out stays out (the average would keep half its mass)
+    veto = kl.ensemble(np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]]), image_weight=0.5, combine="geometric")
+    assert veto[0, 0] < 1e-5 and np.isclose(veto.sum(), 1.0)
+
+
+def test_an_unknown_ensemble_rule_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="mean, geometric"):
+        kl.ensemble(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), combine="max")
+
+
+def test_tune_ensemble_takes_the_rule_with_more_validation_rows_right_and_the_average_on_a_tie():
+    from training.train import tune_ensemble
+
+    q = np.full((3, 3), 0.01) + np.eye(3) * 0.97
+    targets = ["A", "B", "C"]
+    # each model rules out the class the other favours: only the product keeps the class both allow
+    split_image, split_text = np.array([[0.7, 0.3, 0.0]] * 4), np.array([[0.0, 0.3, 0.7]] * 4)
+    assert tune_ensemble(split_image, split_text, q, targets, np.array(["B"] * 4)) == ("geometric", 0.5)
+    agree_image, agree_text = np.array([[0.9, 0.05, 0.05]] * 4), np.array([[0.8, 0.1, 0.1]] * 4)
+    assert tune_ensemble(agree_image, agree_text, q, targets, np.array(["A"] * 4)) == ("mean", 0.5)
+
+
 def test_image_weights_rule_and_text_assumed_present_when_unknown():
     w = kl.image_weights(np.array([True, True, False, False]), np.array([True, False, True, False]), 0.4)
     assert np.allclose(w, [0.4, 1.0, 0.0, 0.0])

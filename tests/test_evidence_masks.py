@@ -59,5 +59,6 @@ def test_products_with_text_still_use_both_models(categorizer, heldout):
     texts = ["Women Blue Denim Jacket"] * len(images)
     decided = categorizer.categorize(texts, images)
     image_p, text_p, used = categorizer.source_distributions(texts, images)
-    both = categorizer.decide(kl.ensemble(image_p, text_p, used, categorizer.image_weight), used)
+    both = categorizer.decide(kl.ensemble(image_p, text_p, used, categorizer.image_weight,
+                                          combine=categorizer.combine), used)
     assert [d.kl for d in decided] == pytest.approx([d.kl for d in both])

@@ -104,7 +104,7 @@ def _catalogue_rows(cat, cache: Path, max_rows: int) -> dict[str, np.ndarray]:
     text_p = cat.artifact.text_model.predict_proba(df["productDisplayName"].iloc[rows].astype(str).tolist())
     used = np.ones(len(rows), bool)
     texts = np.array(df["productDisplayName"].iloc[rows].astype(str).tolist(), dtype=str)
-    p = kl.ensemble(image_p, text_p, used, cat.image_weight)
+    p = cat.ensemble(image_p, text_p, used)
     k = kl.kl_matrix(p, cat.artifact.projections)
     out = {"kl": k, "p": p, "text": texts, "truth": truth, "used": used}
     cache.parent.mkdir(parents=True, exist_ok=True)
