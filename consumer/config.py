@@ -202,7 +202,8 @@ class Settings(BaseSettings):
                                       "file whose one line names one (relative to the file); default: the newest "
                                       "under `models/artifacts/` by the manifest's `created_at`")
     image_weight: float | None = Field(None, ge=0, le=1, description="weight of the image distribution in the "
-                                       "average (default: the artifact's tuned value)")
+                                       "ensemble, the artifact's weighted average or geometric mean (default: "
+                                       "the artifact's tuned value)")
     abstain_threshold: float | None = Field(None, ge=0, description="best KL above this: the fallback category "
                                             "(default: the artifact's value, none)")
     fallback_category: str = Field("OTHERS", min_length=1, description="category used when abstaining")

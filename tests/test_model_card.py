@@ -56,3 +56,11 @@ def test_card_shows_model_beside_baseline_the_ablation_and_only_labelled_confusi
     assert "| without H&M | catalogue titles | 85.0% | 70.0% | 50 s |" in card
     assert "| TOPS | 3 | 1 | · | 75.0% |" in card
     assert "| OTHERS |" not in card  # no labelled OTHERS item: no row
+
+
+def test_card_of_a_derived_artifact_names_its_origin_and_what_changed_and_a_trained_one_does_not():
+    manifest = _manifest({"H&M descriptions": 7})
+    assert "Derived from" not in model_card.render(manifest, _results())
+    manifest["derived_from"] = {"artifact": "v-old", "changed": "ensemble: geometric mean"}
+    card = model_card.render(manifest, _results())
+    assert "Derived from `v-old`, whose models it carries; changed: ensemble: geometric mean." in card

@@ -31,6 +31,7 @@ def test_artifact_is_complete_and_small(smoke_artifact):
     assert len(manifest["label_space"]["labels"]) > 40
     assert manifest["taxonomy"]["targets"][-1] == "OTHERS"
     assert "catalogue_ensemble_target_acc" in manifest["metrics"]
+    assert manifest["ensemble"]["combine"] in ("mean", "geometric")  # chosen on validation rows with the weight
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     assert size < 40e6
 

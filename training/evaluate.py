@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from models import kl
 from models.artifact import load_categorizer
+from models.engine import ENGINE_ENV
 from models.paths import REPO_ROOT, REPORTS_DIR, newest_artifact
 from models.taxonomy import load_taxonomy
 from training import baseline, data, model_card, text_corpus, tfidf_baseline
@@ -139,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
     artifact_dir = args.artifact or newest_artifact()
-    cat = load_categorizer(artifact_dir)
+    # The model as trained, in fp32, whatever this CPU's `auto` would serve: the 8-bit image engine's own
+    # accuracy is in the artifact's quantization.json. SHELVER_INFERENCE_ENGINE still chooses another.
+    cat = load_categorizer(artifact_dir, engine=os.environ.get(ENGINE_ENV) or "litert")
     manifest = cat.artifact.manifest
     targets = list(cat.artifact.targets)
     mapping = data.article_type_targets()
@@ -166,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "image-only": image_p,
         "text-only": text_p,
         "text-only (title + description)": cat.artifact.text_model.predict_proba(long_texts),
-        "ensemble": kl.ensemble(image_p, text_p, used, cat.image_weight),
+        "ensemble": cat.ensemble(image_p, text_p, used),
     }
     results: dict = {
         "artifact": shown_path(artifact_dir),
@@ -176,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "split": args.split,
         "catalogue": {},
         "image_weight": cat.image_weight,
+        "combine": cat.combine,
+        "engine": cat.engine,
     }
     predictions = {}
     for name, p in variants.items():

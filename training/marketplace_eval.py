@@ -195,6 +195,7 @@ def train_marketplace_text_model(
     hm_per_target: int = 0,
     bucketed: bool = True,
     myntra: bool = True,
+    catalogue_rows: np.ndarray | None = None,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
@@ -207,9 +208,14 @@ def train_marketplace_text_model(
     batch from texts of similar length (same data, epochs and loss; about 2.5x cheaper on CPU;
     `v3-20261203` was trained before it, on batches of mixed lengths). Returns the model and
     its history, incl. catalogue held-out source top-1 (``catalogue_top1``) and the corpus size
-    per source (``corpus``)."""
+    per source (``corpus``). ``catalogue_rows``: the catalogue rows it may learn from (default: the whole
+    training split; `shelver train` keeps its validation rows out, so they score the ensemble honestly)."""
     y = space.encode(df["articleType"])
     tr, te = data.split(df, y)
+    if catalogue_rows is not None:
+        if np.intersect1d(catalogue_rows, te).size:
+            raise ValueError("catalogue_rows include held-out rows")
+        tr = np.sort(np.asarray(catalogue_rows))
     all_titles = df["productDisplayName"].tolist()
     corpus = training_corpus(
         df,

@@ -69,6 +69,11 @@ def render(manifest: dict, results: dict) -> str:
         "",
         f"Created {manifest.get('created_at', '?')} by `shelver train`. Text model: {text.get('recipe', '?')}.",
         "",
+    ]
+    derived = manifest.get("derived_from")
+    if derived:  # an artifact made from another one by changing a setting, not by training again
+        lines += [f"Derived from `{derived['artifact']}`, whose models it carries; changed: {derived['changed']}.", ""]
+    lines += [
         "## Training data and licences",
         "",
         "| source | rows | what | licence |",

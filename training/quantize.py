@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--calibration-images", type=int, default=500)
     ap.add_argument("--heldout", type=int, default=3000, help="held-out products measured (0: all)")
     ap.add_argument("--speed-images", type=int, default=256)
+    ap.add_argument("--measure-only", action="store_true",
+                    help="measure the 8-bit model already in the folder instead of converting again (after a "
+                         "change that leaves the image model as it was, such as the ensemble rule)")
     args = ap.parse_args(argv)
     directory = args.artifact or newest_artifact()
     artifact = load_artifact(directory)
@@ -99,13 +102,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_rows, _ = data.split(df, y)
     paths = df["image_path"].to_numpy()
     calib = calibration_rows(y, train_rows, args.calibration_images)
-    with ThreadPoolExecutor(2) as pool:
-        calib_px = list(pool.map(lambda r: load_pixels(paths[r], size), calib))
-    t = time.perf_counter()
-    flatbuffer = convert_int8(artifact.image_model, calib_px)
-    convert_s = time.perf_counter() - t
-    (directory / INT8_FILE).write_bytes(flatbuffer)
-    print(f"converted in {convert_s:.0f} s: {directory / INT8_FILE} ({len(flatbuffer) / 1e6:.1f} MB)")
+    if args.measure_only:
+        flatbuffer = (directory / INT8_FILE).read_bytes()
+        convert_s = json.loads((directory / INT8_REPORT).read_text())["convert_seconds"]
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            calib_px = list(pool.map(lambda r: load_pixels(paths[r], size), calib))
+        t = time.perf_counter()
+        flatbuffer = convert_int8(artifact.image_model, calib_px)
+        convert_s = time.perf_counter() - t
+        (directory / INT8_FILE).write_bytes(flatbuffer)
+        print(f"converted in {convert_s:.0f} s: {directory / INT8_FILE} ({len(flatbuffer) / 1e6:.1f} MB)")
 
     hdf, rows, true_t = data.heldout_sample(cat.labels, a2l, limit=args.heldout, seed=1)
     hpaths = hdf["image_path"].to_numpy()[rows]
@@ -122,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def choose(p):
         return np.array([d.category for d in cat.decide(p, used)])
 
-    ens32 = choose(kl.ensemble(p32, text_p, used, cat.image_weight))
-    ens8 = choose(kl.ensemble(p8, text_p, used, cat.image_weight))
+    ens32 = choose(cat.ensemble(p32, text_p, used))
+    ens8 = choose(cat.ensemble(p8, text_p, used))
     img32, img8 = choose(p32), choose(p8)
     measured = {
         "heldout_products": int(len(rows)),

@@ -13,6 +13,9 @@ import numpy as np  # noqa: E402
 
 from models.text import normalize  # noqa: E402
 
+_COMBINE_WORDS = {"mean": "weighted average of the image and text distributions",
+                  "geometric": "weighted geometric mean of the image and text distributions (renormalized)"}
+
 
 def _confusion_png(matrix, labels, title, path: Path) -> None:
     m = np.asarray(matrix, dtype=float)
@@ -132,7 +135,8 @@ def write_report(
         f"Produced by `shelver evaluate` ({results['seconds']} s). Catalogue rows: {results['rows']} "
         f"({results['split']} split, seeded and stratified by articleType). Targets: the hand-written "
         "articleType → category mapping (`training/labels/article_type_to_target.yaml`). "
-        f"Ensemble image weight: {results['image_weight']:.2f}.",
+        f"Ensemble: {_COMBINE_WORDS[results.get('combine', 'mean')]}, image weight {results['image_weight']:.2f}"
+        + (f"; inference engine `{results['engine']}`." if results.get("engine") else "."),
         "",
         "## Catalogue (held-out)",
         "",
