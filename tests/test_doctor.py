@@ -129,7 +129,7 @@ def test_version_prints_the_package_and_the_artifact(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("shelver ") and "artifact v4-20261204" in out  # the newest committed one
+    assert out.startswith("shelver ") and "artifact v5-20261204" in out  # the newest committed one
 
 
 def test_bad_configuration_is_a_failed_line_not_a_traceback(monkeypatch, capsys):

@@ -308,8 +308,8 @@ def test_corrections_streamed_into_a_running_service_change_uncorrected_results_
             ("offline before", offline_before), ("offline after", offline_after)]}
     assert abs(acc["online after"] - acc["offline after"]) <= 2 / len(truth), acc
     # The corrections changed results on products nobody corrected, in the direction the offline curve
-    # went (it went up with v3-20261203, 84.2% -> 84.5%; with v4-20261204 it goes down, 85.6% -> 84.5%:
-    # both saw these examples in training, see docs/human-in-the-loop.md).
+    # went (it went up with v3-20261203, 84.2% -> 84.5%; with v4-20261204's text model, which v5-20261204
+    # carries, it goes down, 85.6% -> 84.5%: both saw these examples in training, see docs/human-in-the-loop.md).
     assert np.sum(online_after != online_before) > 0, acc
     offline_change = acc["offline after"] - acc["offline before"]
     online_change = acc["online after"] - acc["online before"]
