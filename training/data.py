@@ -106,6 +106,14 @@ def split(df: pd.DataFrame, y: np.ndarray, holdout: float = 0.15, seed: int = 13
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def fit_validation_split(df: pd.DataFrame, y: np.ndarray, seed: int = 13) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, validation, held-out) row positions as `shelver train` uses them: :func:`split`'s held-out 15%,
+    and 10% of the rest, stratified again, for early stopping and the ensemble's tuning."""
+    train, heldout = split(df, y)
+    fit, validation = split(df.iloc[train].reset_index(drop=True), y[train], holdout=0.1, seed=seed + 1)
+    return train[fit], train[validation], heldout
+
+
 def heldout_sample(labels, article_to_label: dict[str, str], limit: int = 0,
                    seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """(catalogue rows a model of these labels maps, held-out row indices, their true target categories).

@@ -36,9 +36,8 @@ def validation_rows(seed: int = SEED):
     space = data.label_space(df, data.article_type_targets())
     y = space.encode(df["articleType"])
     df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
-    train_idx, _ = data.split(df, y)
-    fit_rel, val_rel = data.split(df.iloc[train_idx].reset_index(drop=True), y[train_idx], holdout=0.1, seed=seed + 1)
-    return df, space, train_idx[fit_rel], train_idx[val_rel]
+    fit_idx, val_idx, _ = data.fit_validation_split(df, y, seed=seed)
+    return df, space, fit_idx, val_idx
 
 
 def unseen_rows_text_model(df, space, fit_idx):

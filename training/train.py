@@ -139,9 +139,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     y = space.encode(df["articleType"])
     keep = (y >= 0) & (data.subsample(y, args.per_class, args.seed) if args.per_class else True)
     df, y = df[keep].reset_index(drop=True), y[keep]
-    train_idx, test_idx = data.split(df, y)
-    fit_rel, val_rel = data.split(df.iloc[train_idx].reset_index(drop=True), y[train_idx], holdout=0.1, seed=args.seed + 1)
-    fit_idx, val_idx = train_idx[fit_rel], train_idx[val_rel]
+    fit_idx, val_idx, test_idx = data.fit_validation_split(df, y, seed=args.seed)
     labels = list(space.labels)
     log.info("data", rows=len(df), labels=len(labels), train=len(fit_idx), val=len(val_idx), heldout=len(test_idx))
 
