@@ -11,7 +11,7 @@ import tensorflow as tf
 from models.text_model import TextEncoder, TextModel
 from training.cbow import glove_vectors, train_cbow, unit_rows
 
-INITS = ("random", "cbow", "glove", "cbow+glove")
+INITS = ("random", "cbow", "glove", "cbow+glove", "cbow+minilm")
 
 
 def pretrained_vectors(
@@ -32,6 +32,10 @@ def pretrained_vectors(
         g, found = glove_vectors(words)
         fill = rng.normal(size=g.shape).astype(np.float32)  # words GloVe lacks (brands, codes) start random
         start = np.vstack([np.zeros((1, dim), np.float32), unit_rows(np.where(found[:, None], g, fill))])
+    if "minilm" in init:  # a sentence encoder's words, PCA'd to the model's width (`training.minilm`)
+        from training.minilm import pca_rows, word_vectors
+
+        start = np.vstack([np.zeros((1, dim), np.float32), unit_rows(pca_rows(word_vectors(words), dim))])
     if "cbow" in init:
         start = train_cbow(pretrain_texts, encoder, dim=dim, init=start, text_weights=pretrain_weights,
                            epochs=cbow_epochs, seed=seed)
