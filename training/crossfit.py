@@ -14,6 +14,7 @@ Models are cached under ``.cache/hitl/`` (7–15 minutes each on 2 shared CPU co
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -46,12 +47,23 @@ def fold_of_examples(dev, examples_idx: np.ndarray, folds: int = 2, seed: int = 
 
 
 def _model(name: str, train, recipe: str = RECIPE):
+    """The cached model, or ``train()``'s (model, history), saved with the history's catalogue figure."""
     d = CACHE / f"{recipe}-{name}"
     if (d / "text_vocab.json").exists():
         return load_text_model(d)
-    tm = train()
+    tm, hist = train()
     save_text_model(tm, d)
+    (d / "hist.json").write_text(json.dumps({k: hist[k] for k in ("catalogue_top1", "seconds") if k in hist}))
     return tm
+
+
+def catalogue_top1(recipe: str, folds: int = 2) -> list[float]:
+    """Held-out catalogue title top-1 of each cached fold model (from its training history)."""
+    out = []
+    for k in range(folds):
+        f = CACHE / f"{recipe}-fold{k}of{folds}" / "hist.json"
+        out += [json.loads(f.read_text())["catalogue_top1"]] if f.exists() else []
+    return out
 
 
 def noex_model():
@@ -61,19 +73,24 @@ def noex_model():
     taxonomy, dev = load_taxonomy(TAXONOMY), load_dev()
     ex_idx, _ = dev_split(dev)
     return _model("noex", lambda: train_marketplace_text_model(df, space, taxonomy, dev, ex_idx, seed=SEED,
-                                                               example_weight=0.0, verbose=0)[0])
+                                                               example_weight=0.0, verbose=0))
 
 
 # Recipe variants tried against the production recipe with the same folds (`--variant`): keyword
 # arguments of `train_marketplace_text_model`. Their models and rows are cached apart, per seed.
-VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}}
+VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05": {"title_weight": 0.5}}
+
+
+def recipe_name(variant: str, seed: int) -> str:
+    """Cache name of a recipe variant's models (the production recipe with the artifact's seed: `RECIPE`)."""
+    return RECIPE if not variant and seed == SEED else f"{RECIPE}{variant}s{seed}"
 
 
 def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str, np.ndarray]:
     """Out-of-fold rows of the labelled examples part: KL rows ``kl`` [N, T], source distributions ``p``
     [N, S] (what the service's confidence features see), texts, true targets and the examples' fold.
     The folds depend on `SEED` only, so a ``variant`` or another ``seed`` is scored on the same folds."""
-    recipe = RECIPE if not variant and seed == SEED else f"{RECIPE}{variant}s{seed}"
+    recipe = recipe_name(variant, seed)
     train_kw = VARIANTS[variant] if variant else {}
     out = CACHE / f"crossfit{folds}-{recipe}.npz"
     if out.exists():
@@ -89,7 +106,7 @@ def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str
     for k in range(folds):
         fit, held = ex_idx[f != k], ex_idx[f == k]
         tm = _model(f"fold{k}of{folds}", lambda: train_marketplace_text_model(
-            df, space, taxonomy, dev, fit, seed=seed, verbose=0, **train_kw)[0], recipe)
+            df, space, taxonomy, dev, fit, seed=seed, verbose=0, **train_kw), recipe)
         exs = dev.iloc[fit]
         q = build_projections(taxonomy, tm.labels, tm, list(zip(exs["text"], exs["label"])))
         p = kl.normalize_rows(tm.predict_proba(dev["text"].iloc[held].tolist()))
@@ -118,6 +135,7 @@ def main(argv=None) -> None:
     sure = np.argsort(-(srt[:, 1] - srt[:, 0]), kind="stable")[: int(round(0.7 * len(right)))]
     print(f"out-of-fold accuracy on the examples part: {right.mean():.4f} (folds {per_fold}; n={len(right)}); "
           f"on the 70% with the largest KL margin: {right[sure].mean():.4f}")
+    print(f"catalogue held-out title top-1 per fold model: {catalogue_top1(recipe_name(args.variant or '', args.seed), args.folds)}")
     if args.variant or args.seed != SEED:
         return
     noex_model()

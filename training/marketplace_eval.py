@@ -107,6 +107,7 @@ def training_corpus(
     example_weight: float = 3.0,
     hm_per_target: int = 0,
     myntra: bool = True,
+    title_weight: float = 1.0,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
@@ -130,7 +131,7 @@ def training_corpus(
             "catalogue titles",
             [names[i] for i in train_rows],
             onehot[y[train_rows]],
-            1.0,
+            title_weight,
             [to_target[article_types[i]] for i in train_rows],
         )
     if descriptions:
@@ -196,6 +197,7 @@ def train_marketplace_text_model(
     bucketed: bool = True,
     myntra: bool = True,
     catalogue_rows: np.ndarray | None = None,
+    title_weight: float = 1.0,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
@@ -230,6 +232,7 @@ def train_marketplace_text_model(
         hm_per_target=hm_per_target,
         example_weight=example_weight,
         myntra=myntra,
+        title_weight=title_weight,
     )
     texts, rows_y, weights = corpus.arrays()
     market = dev["text"].iloc[examples_idx].tolist()
