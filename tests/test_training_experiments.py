@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts of `training.minilm`: the safetensors reader and the WordPiece tokenizer."""
+"""Unit tests of the experiment tooling: `training.minilm`'s safetensors reader, WordPiece and PCA; crossfit's cache names."""
 import json
 import struct
 
@@ -42,3 +42,11 @@ def test_pca_rows_keep_the_leading_axes_of_the_centred_rows():
     y = pca_rows(x, 1)
     assert y.shape == (200, 1)
     assert abs(np.corrcoef(y[:, 0], x[:, 0])[0, 1]) > 0.99
+
+
+def test_crossfit_variants_and_other_seeds_cache_apart_from_the_production_recipe():
+    from training.crossfit import RECIPE, SEED, VARIANTS, recipe_name
+
+    assert recipe_name("", SEED) == RECIPE  # the calibrator reads the production recipe's rows by this name
+    names = {recipe_name(v, s) for v in VARIANTS for s in (SEED, SEED + 1)} | {recipe_name("", SEED + 1)}
+    assert len(names) == 2 * len(VARIANTS) + 1 and RECIPE not in names
