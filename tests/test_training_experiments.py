@@ -50,3 +50,13 @@ def test_crossfit_variants_and_other_seeds_cache_apart_from_the_production_recip
     assert recipe_name("", SEED) == RECIPE  # the calibrator reads the production recipe's rows by this name
     names = {recipe_name(v, s) for v in VARIANTS for s in (SEED, SEED + 1)} | {recipe_name("", SEED + 1)}
     assert len(names) == 2 * len(VARIANTS) + 1 and RECIPE not in names
+
+
+def test_teacher_labels_stay_inside_the_items_target_and_keep_the_prior_where_the_teacher_gives_nothing():
+    from training.marketplace_eval import teacher_labels
+
+    prior = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]], np.float32)
+    teacher = np.array([[0.1, 0.3, 0.6], [0.9, 0.0, 0.0]], np.float32)
+    out = teacher_labels(prior, teacher)
+    np.testing.assert_allclose(out[0], [0.25, 0.75, 0.0])  # class 2 is outside the item's target
+    np.testing.assert_allclose(out[1], prior[1])  # the teacher puts no mass on the target's classes

@@ -78,7 +78,9 @@ def noex_model():
 
 # Recipe variants tried against the production recipe with the same folds (`--variant`): keyword
 # arguments of `train_marketplace_text_model`. Their models and rows are cached apart, per seed.
-VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05": {"title_weight": 0.5}}
+VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05": {"title_weight": 0.5},
+            # the examples labelled inside their target by the model trained without any example (`noex_model`)
+            "selflabel": {"example_teacher": "noex"}}
 
 
 def recipe_name(variant: str, seed: int) -> str:
@@ -91,7 +93,10 @@ def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str
     [N, S] (what the service's confidence features see), texts, true targets and the examples' fold.
     The folds depend on `SEED` only, so a ``variant`` or another ``seed`` is scored on the same folds."""
     recipe = recipe_name(variant, seed)
-    train_kw = VARIANTS[variant] if variant else {}
+    train_kw = dict(VARIANTS[variant]) if variant else {}
+    if train_kw.get("example_teacher") == "noex":
+        teacher = noex_model()
+        train_kw["example_teacher"] = teacher.predict_proba
     out = CACHE / f"crossfit{folds}-{recipe}.npz"
     if out.exists():
         with np.load(out) as z:
@@ -101,6 +106,8 @@ def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str
     taxonomy, dev = load_taxonomy(TAXONOMY), load_dev()
     ex_idx, _ = dev_split(dev)
     ex_idx = ex_idx[dev["label"].iloc[ex_idx].to_numpy() != UNLABELABLE]
+    if variant and VARIANTS[variant].get("example_teacher") and list(teacher.labels) != list(space.labels):
+        raise ValueError("the teacher's source classes differ from the label space")
     f = fold_of_examples(dev, ex_idx, folds)
     rows, dists, texts, truth, fold = [], [], [], [], []
     for k in range(folds):

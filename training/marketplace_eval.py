@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,6 +85,14 @@ def target_soft_labels(
     return out
 
 
+def teacher_labels(prior_rows: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Each row's target prior (``target_soft_labels``) times a teacher's source distribution,
+    renormalized: the label stays inside the item's target; a row the teacher gives no mass keeps its prior."""
+    rows = prior_rows * teacher
+    mass = rows.sum(1, keepdims=True)
+    return np.where(mass > 0, rows / np.where(mass > 0, mass, 1.0), prior_rows).astype(np.float32)
+
+
 # The model card's ablation: which training sources each variant keeps.
 ABLATION = {
     "full": {},
@@ -108,6 +116,7 @@ def training_corpus(
     hm_per_target: int = 0,
     myntra: bool = True,
     title_weight: float = 1.0,
+    example_teacher: Callable[[list[str]], np.ndarray] | None = None,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
@@ -168,10 +177,13 @@ def training_corpus(
     ex = dev.iloc[examples_idx]
     ex = ex[ex["label"] != UNLABELABLE]
     if example_weight > 0 and len(ex):
+        rows = np.stack([soft[k] for k in ex["label"]])
+        if example_teacher is not None:  # which of its target's classes the item reads as, by a model that never saw it
+            rows = teacher_labels(rows, example_teacher(ex["text"].tolist()))
         corpus.add(
             "marketplace examples",
             ex["text"].tolist(),
-            np.stack([soft[k] for k in ex["label"]]),
+            rows,
             example_weight,
             ex["label"].tolist(),
         )
@@ -198,6 +210,7 @@ def train_marketplace_text_model(
     myntra: bool = True,
     catalogue_rows: np.ndarray | None = None,
     title_weight: float = 1.0,
+    example_teacher: Callable[[list[str]], np.ndarray] | None = None,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
@@ -233,6 +246,7 @@ def train_marketplace_text_model(
         example_weight=example_weight,
         myntra=myntra,
         title_weight=title_weight,
+        example_teacher=example_teacher,
     )
     texts, rows_y, weights = corpus.arrays()
     market = dev["text"].iloc[examples_idx].tolist()
