@@ -25,6 +25,7 @@ from models.paths import CACHE_DIR
 from models.text_model import load_text_model, save_text_model
 from training import data
 from training.marketplace_eval import TAXONOMY, UNLABELABLE, dev_split, load_dev, train_marketplace_text_model
+from training.metrics import accuracy_at_coverage
 
 CACHE = CACHE_DIR / "hitl"
 # The text recipe the cached models were trained with (v3: descriptions, H&M, v2 normalizer; v3b: the
@@ -94,9 +95,6 @@ def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str
     The folds depend on `SEED` only, so a ``variant`` or another ``seed`` is scored on the same folds."""
     recipe = recipe_name(variant, seed)
     train_kw = dict(VARIANTS[variant]) if variant else {}
-    if train_kw.get("example_teacher") == "noex":
-        teacher = noex_model()
-        train_kw["example_teacher"] = teacher.predict_proba
     out = CACHE / f"crossfit{folds}-{recipe}.npz"
     if out.exists():
         with np.load(out) as z:
@@ -106,8 +104,11 @@ def out_of_fold(folds: int = 2, variant: str = "", seed: int = SEED) -> dict[str
     taxonomy, dev = load_taxonomy(TAXONOMY), load_dev()
     ex_idx, _ = dev_split(dev)
     ex_idx = ex_idx[dev["label"].iloc[ex_idx].to_numpy() != UNLABELABLE]
-    if variant and VARIANTS[variant].get("example_teacher") and list(teacher.labels) != list(space.labels):
-        raise ValueError("the teacher's source classes differ from the label space")
+    if train_kw.get("example_teacher") == "noex":
+        teacher = noex_model()
+        if list(teacher.labels) != list(space.labels):
+            raise ValueError("the teacher's source classes differ from the label space")
+        train_kw["example_teacher"] = teacher.predict_proba
     f = fold_of_examples(dev, ex_idx, folds)
     rows, dists, texts, truth, fold = [], [], [], [], []
     for k in range(folds):
@@ -139,9 +140,9 @@ def main(argv=None) -> None:
     right = res["targets"][res["kl"].argmin(1)] == res["truth"]
     per_fold = " / ".join(f"{right[res['fold'] == k].mean():.1%}" for k in range(args.folds))
     srt = np.sort(res["kl"], axis=1)
-    sure = np.argsort(-(srt[:, 1] - srt[:, 0]), kind="stable")[: int(round(0.7 * len(right)))]
+    top70 = accuracy_at_coverage(srt[:, 1] - srt[:, 0], right, 0.7)
     print(f"out-of-fold accuracy on the examples part: {right.mean():.4f} (folds {per_fold}; n={len(right)}); "
-          f"on the 70% with the largest KL margin: {right[sure].mean():.4f}")
+          f"on the 70% with the largest KL margin: {top70:.4f}")
     print(f"catalogue held-out title top-1 per fold model: {catalogue_top1(recipe_name(args.variant or '', args.seed), args.folds)}")
     if args.variant or args.seed != SEED:
         return
