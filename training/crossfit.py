@@ -81,7 +81,8 @@ def noex_model():
 # arguments of `train_marketplace_text_model`. Their models and rows are cached apart, per seed.
 VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05": {"title_weight": 0.5},
             # the examples labelled inside their target by the model trained without any example (`noex_model`)
-            "selflabel": {"example_teacher": "noex"}}
+            "selflabel": {"example_teacher": "noex"},
+            "myntra2": {"myntra_weight": 2.0}}
 
 
 def recipe_name(variant: str, seed: int) -> str:

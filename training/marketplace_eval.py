@@ -117,6 +117,7 @@ def training_corpus(
     myntra: bool = True,
     title_weight: float = 1.0,
     example_teacher: Callable[[list[str]], np.ndarray] | None = None,
+    myntra_weight: float = 1.0,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
@@ -172,7 +173,7 @@ def training_corpus(
         if hm_per_target:  # a capped smoke run: the first rows of each class
             keep = np.concatenate([np.flatnonzero(labels == k)[:hm_per_target] for k in np.unique(labels)])
             texts, labels = [texts[i] for i in sorted(keep)], labels[np.sort(keep)]
-        corpus.add(text_corpus.MYNTRA_SOURCE, texts, onehot[labels], 1.0,
+        corpus.add(text_corpus.MYNTRA_SOURCE, texts, onehot[labels], myntra_weight,
                    [space.target_of(space.labels[k], to_target) for k in labels])
     ex = dev.iloc[examples_idx]
     ex = ex[ex["label"] != UNLABELABLE]
@@ -211,6 +212,7 @@ def train_marketplace_text_model(
     catalogue_rows: np.ndarray | None = None,
     title_weight: float = 1.0,
     example_teacher: Callable[[list[str]], np.ndarray] | None = None,
+    myntra_weight: float = 1.0,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
@@ -247,6 +249,7 @@ def train_marketplace_text_model(
         myntra=myntra,
         title_weight=title_weight,
         example_teacher=example_teacher,
+        myntra_weight=myntra_weight,
     )
     texts, rows_y, weights = corpus.arrays()
     market = dev["text"].iloc[examples_idx].tolist()
