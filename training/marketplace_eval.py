@@ -37,9 +37,6 @@ from training.train_text import INITS, train_text_model
 DEV_LABELS = LABELS_DIR / "marketplace_dev.csv"
 TAXONOMY = DEFAULT_TAXONOMY
 UNLABELABLE = "UNLABELABLE"
-# The Myntra attribute lists' weight in the text model's loss (`v6` on): 4 scored 91.6% and 88.4% out of fold
-# inside the examples part with seeds 13 and 14, against 90.5% and 85.8% at 1 (`training.crossfit --variant`).
-MYNTRA_WEIGHT = 4.0
 SPLIT_SEED = 2024
 
 
@@ -120,7 +117,7 @@ def training_corpus(
     myntra: bool = True,
     title_weight: float = 1.0,
     example_teacher: Callable[[list[str]], np.ndarray] | None = None,
-    myntra_weight: float = MYNTRA_WEIGHT,
+    myntra_weight: float = 1.0,
 ) -> text_corpus.Corpus:
     """What the text model (and the TF-IDF baseline) learn from: catalogue titles and descriptions
     of ``train_rows``, H&M descriptions and the labelled marketplace examples (``examples_idx``,
@@ -215,7 +212,7 @@ def train_marketplace_text_model(
     catalogue_rows: np.ndarray | None = None,
     title_weight: float = 1.0,
     example_teacher: Callable[[list[str]], np.ndarray] | None = None,
-    myntra_weight: float = MYNTRA_WEIGHT,
+    myntra_weight: float = 1.0,
     **train_kw,
 ) -> tuple[TextModel, dict]:
     """The production recipe: `training_corpus` (catalogue titles and descriptions, H&M
