@@ -65,8 +65,10 @@ def thread_cpu_s(native_id: int) -> float:
 # it has one, else the kernel's): the split of "the rest of the service" in the report.
 THREAD_GROUPS = (
     ("litert", "inference"),  # the interpreters' threads: models.engine names them, XNNPACK's too
-    ("image-fetch", "image HTTP + decode"),  # consumer.adapters.images.ImageFetcher's pool
-    ("fetch", "image resize"),  # the service's per-batch pool: waits for the fetches, then prepare_images
+    ("image-http", "image HTTP"),  # consumer.adapters.http_loop.CurlLoop: every transfer
+    ("image-fetch", "image DNS + decode of large batches"),  # consumer.adapters.images.ImageFetcher's pool
+    # the service's per-batch pool: hands a batch to the fetcher, decodes small images, then prepare_images
+    ("fetch", "image decode + resize"),
     ("infer", "inference thread (text, KL)"),  # its image chunks run on the litert threads
     ("rdk:", "librdkafka"),
     ("service", "Kafka loop (poll, Avro, produce, commit)"),

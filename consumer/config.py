@@ -178,9 +178,10 @@ class Settings(BaseSettings):
                                 "held)")
 
     # Images
-    image_fetch_concurrency: int = Field(16, ge=1, description="parallel image downloads")
+    image_fetch_concurrency: int = Field(16, ge=1, description="parallel image downloads (connections at once)")
     image_connect_timeout_s: float = Field(2.0, gt=0, description="per-connect cap within the image deadline")
-    image_read_timeout_s: float = Field(5.0, gt=0, description="per-read cap within the image deadline")
+    image_read_timeout_s: float = Field(5.0, gt=0, description="longest wait for the next byte within the image "
+                                        "deadline (rounded up to whole seconds)")
     image_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image body")
     image_max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb limit, checked from the header")
     image_allowed_hosts: list[str] = Field(

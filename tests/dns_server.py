@@ -18,9 +18,11 @@ Answers = dict[str, list[str] | Callable[[int], list[str]]]
 
 
 class DnsServer:
-    def __init__(self, answers: Answers, delay_s: float = 0.0, silent: bool = False, drop: tuple[str, ...] = ()):
-        """``silent``: never answers; ``drop``: never answers queries of these types ("AAAA")."""
-        self.answers, self.delay_s, self.silent, self.drop = answers, delay_s, silent, drop
+    def __init__(self, answers: Answers, delay_s: float = 0.0, silent: bool = False, drop: tuple[str, ...] = (),
+                 ttl: int = 0):
+        """``silent``: never answers; ``drop``: never answers queries of these types ("AAAA"); ``ttl``: the
+        answers' time to live in seconds (0: not to be kept)."""
+        self.answers, self.delay_s, self.silent, self.drop, self.ttl = answers, delay_s, silent, drop, ttl
         self.queries: list[tuple[str, str]] = []  # (name, "A" | "AAAA"), in arrival order
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1", 0))
@@ -67,7 +69,7 @@ class DnsServer:
                     chosen = chosen(self.queries.count((name, rdtype)))
                 wanted = [a for a in chosen if (":" in a) == (rdtype == "AAAA")]
                 if wanted:
-                    response.answer.append(dns.rrset.from_text(question.name, 0, "IN", rdtype, *wanted))
+                    response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *wanted))
             if self.delay_s:
                 time.sleep(self.delay_s)
             try:

@@ -1,14 +1,21 @@
-"""The fetcher's HTTP/1.1 transport against real local servers: keep-alive reuse, a server that drops
-idle connections, chunked bodies (whole and cut short), and TLS certificate verification."""
+"""The fetcher's HTTP/1.1 transport (libcurl's multi interface) against real local servers: keep-alive
+reuse, a server that drops idle connections, chunked bodies (whole and cut short), TLS certificate
+verification, no proxy whatever the environment says, the socket callback's own address check, and the
+cap on connections at once."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
+from consumer.adapters.http_loop import CurlLoop, Transfer
 from consumer.adapters.images import ImageFetcher
 from consumer.config import Settings
 from hostile_images import encoded
@@ -21,6 +28,17 @@ class _KeepAliveHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.connections.append(self.client_address)
+        with self.server.lock:
+            self.server.busy += 1
+            self.server.most_busy = max(self.server.most_busy, self.server.busy)
+        try:
+            time.sleep(self.server.delay_s)  # a slow image server: requests overlap
+            self._respond()
+        finally:
+            with self.server.lock:
+                self.server.busy -= 1
+
+    def _respond(self):
         if self.path == "/chunked.jpg" or self.path == "/cut-chunked.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -54,6 +72,7 @@ class _Server(ThreadingHTTPServer):
 def keep_alive_server():
     srv = _Server(("127.0.0.1", 0), _KeepAliveHandler)
     srv.connections, srv.drop_idle = [], False
+    srv.lock, srv.busy, srv.most_busy, srv.delay_s = threading.Lock(), 0, 0, 0.0
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv, f"http://127.0.0.1:{srv.server_port}"
     srv.shutdown()
@@ -61,7 +80,7 @@ def keep_alive_server():
 
 
 def _fetcher(**kw) -> ImageFetcher:
-    return ImageFetcher(Settings(image_allowed_hosts=["127.0.0.1"], image_total_timeout_s=5.0, **kw))
+    return ImageFetcher(Settings(**{"image_allowed_hosts": ["127.0.0.1"], "image_total_timeout_s": 5.0, **kw}))
 
 
 def test_sequential_fetches_from_one_host_reuse_one_keep_alive_connection(keep_alive_server):
@@ -105,6 +124,7 @@ def untrusted_tls_server(loopback_certificate, monkeypatch):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     srv = _Server(("127.0.0.1", 0), _KeepAliveHandler)
     srv.connections, srv.drop_idle = [], False
+    srv.lock, srv.busy, srv.most_busy, srv.delay_s = threading.Lock(), 0, 0, 0.0
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv, f"https://127.0.0.1:{srv.server_port}", cert
@@ -132,3 +152,80 @@ def test_a_tls_server_that_drops_idle_connections_costs_a_new_connection_not_a_f
         results = [fetcher.fetch(f"{base}/a{i}.jpg") for i in range(4)]
     assert [r.error for r in results] == [None] * 4
     assert len(set(srv.connections)) == 4
+
+
+def test_a_proxy_in_the_environment_is_never_used(keep_alive_server, monkeypatch):
+    """A proxy would connect on the fetcher's behalf, to addresses the guard never checked."""
+    srv, base = keep_alive_server
+    proxy = _Server(("127.0.0.1", 0), _KeepAliveHandler)
+    proxy.connections, proxy.drop_idle = [], False
+    proxy.lock, proxy.busy, proxy.most_busy, proxy.delay_s = threading.Lock(), 0, 0, 0.0
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        with _fetcher() as fetcher:
+            assert fetcher.fetch(f"{base}/a.jpg").error is None
+        assert len(srv.connections) == 1 and proxy.connections == []
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_the_socket_callback_refuses_an_address_the_rule_refuses_whatever_the_url_says(keep_alive_server):
+    """The last line of the SSRF guard: libcurl opens no socket to an address the rule refuses, even for a
+    transfer handed to it directly with that address in its URL."""
+    srv, base = keep_alive_server
+    loop = CurlLoop(max_connections=2, connect_s=2.0, read_s=2.0)
+    try:
+        port = srv.server_port
+        refused = Transfer(url=f"{base}/a.jpg", host="127.0.0.1", port=port, addresses=[], pinned=False,
+                           deadline=time.monotonic() + 5, max_bytes=1 << 20, permit=lambda ip: "blocked_address")
+        admitted = Transfer(url=f"{base}/b.jpg", host="127.0.0.1", port=port, addresses=[], pinned=False,
+                            deadline=time.monotonic() + 5, max_bytes=1 << 20, permit=lambda ip: None)
+        loop.run([refused, admitted])
+    finally:
+        loop.close()
+    assert refused.error == "blocked_address" and not refused.body
+    assert admitted.error is None and bytes(admitted.body) == JPEG
+    assert len(srv.connections) == 1  # only the admitted transfer reached the server
+
+
+def test_a_batch_uses_at_most_the_fetch_concurrency_in_connections_at_once(keep_alive_server):
+    srv, base = keep_alive_server
+    srv.delay_s = 0.2
+    with _fetcher(image_fetch_concurrency=2) as fetcher:
+        results = fetcher.fetch_many([f"{base}/a{i}.jpg" for i in range(6)])
+    assert [r.error for r in results] == [None] * 6
+    assert srv.most_busy == 2  # two at a time: the rest waited for a connection, within the deadline
+
+
+def test_waiting_for_a_free_connection_counts_against_the_deadline(keep_alive_server):
+    srv, base = keep_alive_server
+    srv.delay_s = 1.0
+    with _fetcher(image_fetch_concurrency=1, image_total_timeout_s=1.5) as fetcher:
+        start = time.monotonic()
+        results = fetcher.fetch_many([f"{base}/a{i}.jpg" for i in range(3)])
+        took = time.monotonic() - start
+    assert [r.error for r in results] == [None, "timeout", "timeout"]
+    assert took < 2.5, took  # one deadline for all three (1.5 s), not one per turn at the connection
+
+
+def test_the_fetcher_works_in_a_process_that_loaded_tensorflow_first(keep_alive_server):
+    """TensorFlow exports the symbols of its own, older libcurl; pycurl loaded after it must still bind to
+    the libcurl its wheel carries (it refused to load before: "link-time version older than compile-time")."""
+    _, base = keep_alive_server
+    script = (
+        "import tensorflow\n"
+        "from consumer.adapters.images import ImageFetcher\n"
+        "from consumer.config import Settings\n"
+        "with ImageFetcher(Settings(image_allowed_hosts=['127.0.0.1'])) as f:\n"
+        f"    r = f.fetch('{base}/a.jpg')\n"
+        "print(r.error, r.image.size if r.image else None)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "None (64, 48)"

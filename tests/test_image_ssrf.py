@@ -154,6 +154,27 @@ def test_the_connection_goes_to_the_address_that_was_checked_not_to_a_second_ans
         dns.close()
 
 
+def test_a_name_is_asked_again_only_when_its_answer_expires(two_servers):
+    """Answers are kept for their TTL (a batch of one host's images asks DNS once), and only checked
+    addresses are kept: with TTL 0 the next fetch asks again, and the rebinding answer is refused."""
+    red, blue, port = two_servers
+    kept = DnsServer({NAME: ["127.0.0.1"]}, ttl=60)
+    rebinding = DnsServer({NAME: lambda n: ["127.0.0.1"] if n == 1 else ["127.0.0.2"]}, ttl=0)
+    try:
+        with _fetcher(kept) as fetcher:
+            assert all(_red(r) for r in fetcher.fetch_many([f"http://{NAME}:{port}/a{i}.jpg" for i in range(4)]))
+            assert _red(fetcher.fetch(f"http://{NAME}:{port}/b.jpg"))
+        assert kept.asked(NAME) == ["A", "AAAA"]
+        with _fetcher(rebinding) as fetcher:
+            assert _red(fetcher.fetch(f"http://{NAME}:{port}/c.jpg"))
+            assert fetcher.fetch(f"http://{NAME}:{port}/d.jpg") == FetchResult(None, "blocked_address")
+        assert rebinding.asked(NAME) == ["A", "AAAA", "A", "AAAA"]
+        assert blue.requests == []
+    finally:
+        kept.close()
+        rebinding.close()
+
+
 def test_a_blocked_address_among_the_answers_refuses_the_fetch_before_connecting(two_servers):
     red, _, port = two_servers
     for bad in ("::ffff:169.254.169.254", "2002:a9fe:a9fe::1", "64:ff9b::a00:1", "10.0.0.1", "168.63.129.16"):

@@ -4,16 +4,19 @@ Image URLs come from sellers, so they are untrusted: only http(s) on ports 80/44
 when allow-listed); every resolved address of every hop (redirects are followed by hand, never from
 https down to http) must be public unless allow-listed, an IPv4 address embedded in an IPv6 one
 (IPv4-mapped, IPv4-compatible, NAT64, 6to4) judged as that IPv4 address; the connection goes to
-exactly the addresses that were checked (no second DNS lookup to rebind); the body is streamed up to
-a byte cap. HTTP/1.1 is the standard library's ``http.client`` over sockets the guard connected, kept
-alive per host; TLS verifies the certificate against the URL's host.
+exactly the addresses that were checked (no second DNS lookup to rebind: the transfer is pinned to
+them, and the socket callback admits no address the rule refuses); the body is streamed up to a byte
+cap. The bytes move on libcurl's multi interface, one thread for every transfer
+(``consumer.adapters.http_loop``), with connections kept alive per host; TLS verifies the certificate
+against the URL's host.
 
 Time: one deadline per fetch (``image_total_timeout_s``) covers DNS, connect, every redirect hop,
 headers and body. Names are resolved by the hosts file, then by dnspython's resolver with a lifetime
-(what is left of the deadline, at most the connect timeout): no thread waits on a hung lookup. Per-read timeouts alone let a server that drips one byte per second hold a fetch,
-and its whole batch, for minutes; here every socket operation waits at most until the deadline.
-:meth:`ImageFetcher.cancel` aborts in-flight downloads (their sockets are shut down), so a stopping
-service never waits for an image server.
+(what is left of the deadline, at most the connect timeout): no thread waits on a hung lookup. Answers
+are kept for their TTL (30 s at most), as a kept-alive connection kept them before. Per-read timeouts
+alone let a server that drips one byte per second hold a fetch, and its whole batch, for minutes; here a
+transfer ends at the deadline whatever the server does. :meth:`ImageFetcher.cancel` aborts in-flight
+downloads, so a stopping service never waits for an image server.
 
 Memory: only the accepted formats are parsed; the pixel count and aspect ratio are checked from the
 header; JPEGs are decoded at reduced scale and everything else box-reduced right after decoding to a
@@ -23,16 +26,12 @@ pixel budget, so a batch of huge images is decoded a few at a time instead of al
 from __future__ import annotations
 
 import ctypes
-import http.client
 import io
 import os
-import select
-import socket
-import ssl
 import threading
 import time
 import warnings
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Sequence
@@ -44,6 +43,7 @@ import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from consumer.adapters.allowlist import AllowRule
+from consumer.adapters.http_loop import REDIRECTS, CurlLoop, Transfer
 from consumer.config import Settings
 from models.pixels import draft_for, shrink_for
 
@@ -140,87 +140,6 @@ def address_allowed(rules: Sequence[AllowRule], host: str, ip, port: int) -> str
     return None if port in STANDARD_PORTS else "blocked_port"
 
 
-class _Scope:
-    """Deadline and cancellation shared by the fetcher and its connections.
-
-    The deadline is per thread (one fetch runs per worker thread at a time); the sockets of every
-    live connection are registered so :meth:`cancel` can shut them down from another thread, which
-    wakes a blocked ``recv`` at once.
-    """
-
-    def __init__(self):
-        self.local = threading.local()
-        self.cancelled = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def time_left(self, cap: float | None) -> float | None:
-        """Seconds the next socket operation may wait: at most ``cap`` and what is left of the deadline."""
-        if self.cancelled.is_set():
-            raise _Refused("cancelled")
-        deadline = getattr(self.local, "deadline", None)
-        if deadline is None:
-            return cap
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("image fetch deadline passed")
-        return left if cap is None else min(cap, left)
-
-    def register(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-        if self.cancelled.is_set():
-            _shut_down(sock)
-
-    def forget(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut_down(sock)
-
-
-def _shut_down(sock: socket.socket) -> None:
-    """Shut a socket down (from any thread): a blocked recv returns, later ones fail."""
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the base method: also right under TLS
-    except (OSError, TypeError):
-        pass
-
-
-class _DeadlineBound:
-    """Every receive and send of the socket waits at most until the fetch's deadline (and ``cap``).
-
-    http.client reads through ``recv_into`` (its buffered reader) and writes with ``sendall``; setting
-    the timeout before each call is what bounds a server that drips one byte just inside a per-read
-    timeout, header line after header line.
-    """
-
-    _scope: _Scope
-    _cap: float | None
-
-    def bound_by(self, scope: _Scope, cap: float | None) -> None:
-        self._scope, self._cap = scope, cap
-
-    def recv_into(self, *args, **kwargs):
-        self.settimeout(self._scope.time_left(self._cap))
-        return super().recv_into(*args, **kwargs)
-
-    def sendall(self, *args, **kwargs):
-        self.settimeout(self._scope.time_left(self._cap))
-        return super().sendall(*args, **kwargs)
-
-
-class _DeadlineSocket(_DeadlineBound, socket.socket):
-    """A TCP socket bound to the fetch's deadline."""
-
-
-class _DeadlineSSLSocket(_DeadlineBound, ssl.SSLSocket):
-    """A TLS socket bound to the fetch's deadline (what the fetcher's SSL context wraps with)."""
 
 
 class _HostsFile:
@@ -271,34 +190,48 @@ def system_resolver() -> dns.resolver.Resolver:
         return dns.resolver.Resolver(configure=False)
 
 
-class _ConnectFailed(OSError):
-    """No checked address of the host accepted the connection."""
+
+# Longest time a name's checked addresses are reused without asking DNS again (the answer's TTL when shorter).
+PIN_TTL_S = 30.0
 
 
-class _GuardedConnector:
-    """Resolves once (within the deadline), checks every address and port, then connects only to
-    those: the connection goes to exactly the addresses that were checked, never through a proxy."""
+class _Guard:
+    """Resolves a name once (within the deadline) and checks every address and port against the rule; the
+    fetcher pins the transfer to exactly those addresses."""
 
-    def __init__(self, allowed: Sequence[str], scope: _Scope, resolver: dns.resolver.Resolver | None = None):
-        self._rules = [AllowRule.parse(entry) for entry in allowed]
-        self._scope = scope
+    def __init__(self, allowed: Sequence[str], resolver: dns.resolver.Resolver | None = None):
+        self.rules = [AllowRule.parse(entry) for entry in allowed]
         self._resolver = resolver or system_resolver()
         self._hosts = _HostsFile()
-        self._tls = httpx.create_ssl_context()  # certifi's CA bundle (or SSL_CERT_FILE), hostname checked
-        self._tls.sslsocket_class = _DeadlineSSLSocket
+        self._pins: dict[str, tuple[list, float]] = {}  # name -> (addresses, reuse until)
+        self._lock = threading.Lock()
 
-    def _lookup(self, host: str, cap: float | None) -> list[IPv4Address | IPv6Address]:
-        """A name's addresses, IPv4 first: a literal as is, else the hosts file, else DNS (A, then AAAA),
-        every query bounded by what is left of the deadline (at most ``cap``)."""
-        try:
+    def needs_dns(self, host: str) -> bool:
+        """Whether resolving ``host`` may wait on the network (not a literal, the hosts file or a fresh pin)."""
+        if _is_literal(host) or self._hosts.lookup(host):
+            return False
+        with self._lock:
+            pin = self._pins.get(host)
+        return pin is None or pin[1] <= time.monotonic()
+
+    def addresses(self, host: str, deadline: float, cap: float | None) -> list[IPv4Address | IPv6Address]:
+        """A name's addresses, IPv4 first: a literal as is, else the hosts file, else a fresh pin, else DNS
+        (A, then AAAA), every query bounded by what is left of the deadline (at most ``cap``)."""
+        if _is_literal(host):
             return [ip_address(host.split("%")[0])]
-        except ValueError:
-            pass
         if known := self._hosts.lookup(host):
-            return sorted(known, key=lambda ip: ip.version)
+            return list(dict.fromkeys(sorted(known, key=lambda ip: ip.version)))
+        with self._lock:
+            pin = self._pins.get(host)
+        if pin is not None and pin[1] > time.monotonic():
+            return pin[0]
         found: list = []
+        ttl = PIN_TTL_S
         for rdtype in ("A", "AAAA"):
-            lifetime = self._scope.time_left(cap)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("image fetch deadline passed")
+            lifetime = left if cap is None else min(cap, left)
             try:
                 answer = self._resolver.resolve(host, rdtype, search=True, lifetime=lifetime)
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
@@ -312,156 +245,29 @@ class _GuardedConnector:
                     break
                 raise _Refused("dns_error") from None
             found += [ip_address(r.address) for r in answer]
+            if answer.rrset is not None:
+                ttl = min(ttl, answer.rrset.ttl)
         if not found:
             raise _Refused("dns_error")
+        found = list(dict.fromkeys(found))
+        with self._lock:
+            now = time.monotonic()
+            if len(self._pins) >= 10_000:  # sellers' hosts are many: keep the table bounded
+                self._pins = {h: p for h, p in self._pins.items() if p[1] > now}
+            self._pins[host] = (found, now + ttl)
         return found
 
-    def resolve(self, host: str, port: int, cap: float | None = None) -> list[IPv4Address | IPv6Address]:
-        ips = list(dict.fromkeys(self._lookup(host, cap)))
+    def refusal(self, host: str, port: int, ips: Sequence[IPv4Address | IPv6Address]) -> str | None:
+        """Why (host, port) at these addresses may not be fetched; None if every address passes the rule."""
         for ip in ips:
-            reason = address_allowed(self._rules, host, ip, port)
+            reason = address_allowed(self.rules, host, ip, port)
             if reason:
-                raise _Refused(reason)
-        return ips
+                return reason
+        return None
 
-    def connect(self, scheme: str, host: str, port: int, connect_s: float, read_s: float) -> socket.socket:
-        """A connected socket (TLS-wrapped and verified for https), registered with the scope."""
-        error: OSError | None = None
-        for ip in self.resolve(host, port, connect_s):
-            sock = _DeadlineSocket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
-            self._scope.register(sock)
-            try:
-                sock.settimeout(self._scope.time_left(connect_s))
-                sock.connect((str(ip), port))
-            except OSError as exc:
-                self._scope.forget(sock)
-                sock.close()
-                error = exc
-                continue
-            except BaseException:
-                self._scope.forget(sock)
-                sock.close()
-                raise
-            break
-        else:
-            if isinstance(error, TimeoutError):
-                raise error
-            raise _ConnectFailed(str(error))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
-        sock.bound_by(self._scope, read_s)
-        if scheme != "https":
-            return sock
-        try:
-            sock.settimeout(self._scope.time_left(connect_s))  # the handshake's bound
-            tls = self._tls.wrap_socket(sock, server_hostname=host)  # verifies the certificate for the URL's host
-        except BaseException:
-            self._scope.forget(sock)
-            sock.close()
-            raise
-        self._scope.forget(sock)  # wrap_socket took its file descriptor over
-        tls.bound_by(self._scope, read_s)
-        self._scope.register(tls)
-        return tls
-
-
-class _Connection(http.client.HTTPConnection):
-    """http.client's HTTP/1.1 connection over a socket the guard connected (it never resolves a name).
-
-    Why http.client rather than httpcore: a fetch over it costs less than half the CPU (0.26 against
-    0.6 core-ms per image, sequential, keep-alive, local server), CPU the model does not get on a
-    2-core machine. It bounds header lines (64 KiB) and their count (100).
-    """
-
-    def __init__(self, connector: _GuardedConnector, scope: _Scope, scheme: str, host: str, port: int,
-                 timeouts: tuple[float, float]):
-        super().__init__(host, port)
-        self.default_port = 443 if scheme == "https" else 80  # the Host header omits the scheme's own port
-        self._connector, self._scope, self._scheme, self._timeouts = connector, scope, scheme, timeouts
-        self.key = (scheme, host, port)
-
-    def connect(self) -> None:
-        self.sock = self._connector.connect(self._scheme, self.host, self.port, *self._timeouts)
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self._scope.forget(self.sock)
-        super().close()
-
-    def stale(self) -> bool:
-        """An idle plain connection the server has closed (or sent something unasked) is not reused."""
-        if self.sock is None:
-            return True
-        if isinstance(self.sock, ssl.SSLSocket):
-            return False  # TLS 1.3 session tickets make it readable; a failed reuse is retried instead
-        try:
-            return bool(select.select([self.sock], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
-
-
-# What reusing a keep-alive connection the server has since closed raises (reset, broken pipe, an empty
-# status line; under TLS, an unexpected EOF or a close_notify).
-_CLOSED_WHILE_IDLE = (ConnectionError, http.client.BadStatusLine, ssl.SSLEOFError, ssl.SSLZeroReturnError)
-
-
-class _ConnectionPool:
-    """Idle keep-alive connections per (scheme, host, port), at most ``max_idle`` in all."""
-
-    def __init__(self, connector: _GuardedConnector, scope: _Scope, max_idle: int, timeouts: tuple[float, float]):
-        self._connector, self._scope, self._max_idle, self._timeouts = connector, scope, max_idle, timeouts
-        self._idle: dict[tuple, list[_Connection]] = {}
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def _checkout(self, key: tuple) -> _Connection | None:
-        while True:
-            with self._lock:
-                idle = self._idle.get(key)
-                if not idle:
-                    return None
-                conn = idle.pop()
-                self._count -= 1
-            if not conn.stale():
-                return conn
-            conn.close()
-
-    def release(self, conn: _Connection, reusable: bool) -> None:
-        if reusable and not self._scope.cancelled.is_set():
-            with self._lock:
-                if self._count < self._max_idle:
-                    self._idle.setdefault(conn.key, []).append(conn)
-                    self._count += 1
-                    return
-        conn.close()
-
-    def request(self, url: httpx.URL, headers: dict[str, str]) -> tuple[_Connection, http.client.HTTPResponse]:
-        """Sends a GET and reads the response's head; the caller reads the body, then releases."""
-        host = url.raw_host.decode("ascii")
-        key = (url.scheme, host, url.port or (443 if url.scheme == "https" else 80))
-        path = url.raw_path.decode("ascii")
-        reused = self._checkout(key)
-        for conn in ([reused] if reused else []) + [None]:
-            conn = conn or _Connection(self._connector, self._scope, *key, self._timeouts)
-            try:
-                conn.request("GET", path, headers=headers)
-                return conn, conn.getresponse()
-            except _CLOSED_WHILE_IDLE:
-                conn.close()
-                if conn is not reused:
-                    raise
-                # the server closed an idle keep-alive connection as we reused it: once more, fresh
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        with self._lock:
-            idle = [c for conns in self._idle.values() for c in conns]
-            self._idle.clear()
-            self._count = 0
-        for conn in idle:
-            conn.close()
+    def permit(self, host: str, port: int):
+        """The socket callback's check: an address libcurl is about to connect to must pass the same rule."""
+        return lambda ip: address_allowed(self.rules, host, ip, port)
 
 
 class PixelBudget:
@@ -556,9 +362,16 @@ def decode_image(
         raise _Refused("decode_error") from None
 
 
-class ImageFetcher:
-    """Fetches product images concurrently over one pooled client; one FetchResult per URL, in order.
+# A batch's bodies are decoded by several threads only from this many bytes on (about 10 ms of JPEG decoding).
+PARALLEL_DECODE_BYTES = 1 << 20
 
+
+class ImageFetcher:
+    """Fetches product images concurrently; one FetchResult per URL, in order.
+
+    A batch's transfers are handed to one libcurl loop at once (at most ``image_fetch_concurrency``
+    connections), and its bodies are decoded in the calling thread, or, when they are large, by up to
+    one thread per core, one chunk each: one hand-off per batch and per chunk, not per image.
     ``target_size`` (the model's (height, width)) lets decoding stop at a few times the pixels the
     model uses; without it images are returned at full size (still under the pixel cap and budget).
     ``fetch``/``fetch_many`` take the size per call too (the model the batch will be scored with,
@@ -572,16 +385,18 @@ class ImageFetcher:
         self._max_pixels = settings.image_max_pixels
         self._max_aspect = settings.image_max_aspect
         self._total_s = settings.image_total_timeout_s
-        self._timeout = (settings.image_connect_timeout_s, settings.image_read_timeout_s)
+        self._connect_s = settings.image_connect_timeout_s
         self._target_size = tuple(target_size) if target_size else None
         self._budget = PixelBudget(settings.image_decode_budget_pixels)
-        self._scope = _Scope()
+        self._cancelled = threading.Event()
         workers = max(1, settings.image_fetch_concurrency)
-        # No proxy, ever (the connector reads no environment): a proxy would connect on our behalf and
-        # bypass the address check. Redirects are followed by hand, each hop checked.
-        connector = _GuardedConnector(settings.image_allowed_hosts, self._scope, resolver)
-        self._pool = _ConnectionPool(connector, self._scope, workers, self._timeout)
+        self._guard = _Guard(settings.image_allowed_hosts, resolver)
+        # No proxy, ever (the loop sets none and reads no environment): a proxy would connect on our behalf
+        # and bypass the address check. Redirects are followed by hand, each hop checked.
+        self._loop = CurlLoop(workers, settings.image_connect_timeout_s, settings.image_read_timeout_s)
+        # DNS lookups of a batch's distinct names, and decoding in chunks (one per core at most).
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
+        self._decoders = max(1, min(workers, os.cpu_count() or 1))
         self._closed = False
         self._stop_by = float("inf")  # set by cancel(grace_s): no fetch runs past it
 
@@ -591,46 +406,145 @@ class ImageFetcher:
 
     def fetch(self, url: str | None, target_size: tuple[int, int] | None = None) -> FetchResult:
         """One image; ``target_size``: the model's (height, width), None: the one given at construction."""
-        size = tuple(target_size) if target_size else self._target_size
-        if not url:
-            return FetchResult(None, "no_url")
-        if self._scope.cancelled.is_set() or time.monotonic() >= self._stop_by:
-            return FetchResult(None, "cancelled")
-        deadline = min(time.monotonic() + self._total_s, self._stop_by)
-        try:
-            data = self._download(url, deadline)
-            # Waiting for the pixel budget is not bounded by the download deadline: it is our own CPU
-            # work, finite (pixel cap x batch), and cancel() still ends the wait at shutdown.
-            image = decode_image(data, self._max_pixels, self._max_aspect, size, self._budget)
-            return FetchResult(image, None)
-        except _Refused as exc:
-            return FetchResult(None, "cancelled" if self._scope.cancelled.is_set() else exc.reason)
-        except (OSError, http.client.HTTPException) as exc:  # TimeoutError and ssl.SSLError are OSErrors
-            if self._scope.cancelled.is_set():
-                return FetchResult(None, "cancelled")
-            if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-                return FetchResult(None, "timeout")
-            if isinstance(exc, ssl.SSLError):
-                return FetchResult(None, "tls_error")
-            return FetchResult(None, "connect_error" if isinstance(exc, _ConnectFailed) else "network_error")
-        except Exception:
-            if self._scope.cancelled.is_set():
-                return FetchResult(None, "cancelled")
-            log.warning("image_fetch_failed", url=url[:200], exc_info=True)
-            return FetchResult(None, "fetch_error")
+        return self.fetch_many([url], target_size)[0]
 
     def fetch_many(self, urls: Sequence[str | None], target_size: tuple[int, int] | None = None) -> list[FetchResult]:
         """Every URL concurrently, results in order; ``target_size`` as in :meth:`fetch`."""
+        size = tuple(target_size) if target_size else self._target_size
+        results: list[FetchResult | None] = [None] * len(urls)
+        # One deadline per URL, from now: DNS, connect, every hop, headers and body.
+        deadline = min(time.monotonic() + self._total_s, self._stop_by)
+        targets: dict[int, httpx.URL] = {}
+        for i, url in enumerate(urls):
+            if not url:
+                results[i] = FetchResult(None, "no_url")
+            elif self._stopping():
+                results[i] = FetchResult(None, "cancelled")
+            else:
+                try:
+                    targets[i] = _checked_url(url)
+                except _Refused as exc:
+                    results[i] = FetchResult(None, exc.reason)
+        bodies: dict[int, bytes] = {}
         try:
-            futures = [self._executor.submit(self.fetch, u, target_size) for u in urls]
-        except RuntimeError:  # closed: the service is shutting down
-            return [FetchResult(None, "cancelled") for _ in urls]
-        out = []
-        for fut in futures:
+            self._download(targets, deadline, results, bodies)
+        except Exception:
+            log.warning("image_fetch_failed", exc_info=True)
+            for i in targets:
+                if results[i] is None and i not in bodies:
+                    results[i] = FetchResult(None, "cancelled" if self._cancelled.is_set() else "fetch_error")
+        for i, result in self._decode(bodies, size).items():
+            results[i] = result
+        return [r if r is not None else FetchResult(None, "fetch_error") for r in results]
+
+    def _stopping(self) -> bool:
+        return self._cancelled.is_set() or time.monotonic() >= self._stop_by
+
+    def _download(self, targets: dict[int, httpx.URL], deadline: float, results: list, bodies: dict) -> None:
+        """Every hop of every URL: resolve and check, transfer (the whole round at once), then the redirects."""
+        hops = dict.fromkeys(targets, 0)
+        pending = list(targets)
+        while pending:
+            transfers = self._prepare({i: targets[i] for i in pending}, deadline, results)
+            self._loop.run(list(transfers.values()))
+            pending = []
+            for i, t in transfers.items():
+                if self._cancelled.is_set():
+                    results[i] = FetchResult(None, "cancelled")
+                elif t.error is not None:
+                    results[i] = FetchResult(None, t.error)
+                elif t.location is not None:
+                    hops[i] += 1
+                    try:
+                        hop = _next_hop(targets[i], t.location, hops[i])
+                    except _Refused as exc:
+                        results[i] = FetchResult(None, exc.reason)
+                        continue
+                    targets[i] = hop
+                    pending.append(i)
+                else:
+                    bodies[i] = bytes(t.body)
+
+    def _prepare(self, targets: dict[int, httpx.URL], deadline: float, results: list) -> dict[int, Transfer]:
+        """A transfer per URL whose host resolves to addresses the rule admits; a FetchResult for the rest."""
+        names = {url.raw_host.decode("ascii") for url in targets.values()}
+        slow = [n for n in names if self._guard.needs_dns(n)]
+        resolved: dict[str, object] = {}
+        if len(slow) > 1:  # distinct names wait on DNS side by side; one name (or none) in this thread
             try:
-                out.append(fut.result())
-            except CancelledError:
-                out.append(FetchResult(None, "cancelled"))
+                futures = {n: self._executor.submit(self._lookup, n, deadline) for n in slow}
+            except RuntimeError:  # shut down: the fetcher was cancelled
+                futures = {}
+            for n, fut in futures.items():
+                resolved[n] = fut.result()
+        transfers: dict[int, Transfer] = {}
+        for i, url in targets.items():
+            host = url.raw_host.decode("ascii")
+            port = url.port or (443 if url.scheme == "https" else 80)
+            if self._stopping():
+                results[i] = FetchResult(None, "cancelled")
+                continue
+            if deadline - time.monotonic() <= 0:
+                results[i] = FetchResult(None, "timeout")
+                continue
+            looked = resolved.get(host)
+            if looked is None:
+                looked = resolved[host] = self._lookup(host, deadline)
+            if isinstance(looked, str):
+                results[i] = FetchResult(None, looked)
+                continue
+            reason = self._guard.refusal(host, port, looked)
+            if reason:
+                results[i] = FetchResult(None, reason)
+                continue
+            transfers[i] = Transfer(url=str(url), host=host, port=port, addresses=looked, deadline=deadline,
+                                    max_bytes=self._max_bytes, permit=self._guard.permit(host, port),
+                                    pinned=not _is_literal(host))
+        return transfers
+
+    def _lookup(self, host: str, deadline: float) -> list | str:
+        """The name's addresses (kept as a pin for its TTL), or the reason it failed."""
+        try:
+            return self._guard.addresses(host, deadline, self._connect_s)
+        except _Refused as exc:
+            return "cancelled" if self._cancelled.is_set() else exc.reason
+        except TimeoutError:
+            return "timeout"
+
+    def _decode(self, bodies: dict[int, bytes], size) -> dict[int, FetchResult]:
+        """Bodies → images, in up to one chunk per core (one hand-off per chunk)."""
+        items = sorted(bodies.items())
+        # Small images decode faster than threads hand work over and take turns at the GIL: in parallel only
+        # when there is enough to decode (catalogue thumbnails, 2-5 KB each, stay in this thread).
+        parallel = self._decoders if sum(len(b) for _, b in items) >= PARALLEL_DECODE_BYTES else 1
+        chunks = [items[k::parallel] for k in range(min(parallel, len(items)))]
+        if len(chunks) <= 1:
+            return dict(self._decode_chunk(items, size))
+        try:
+            futures = [self._executor.submit(self._decode_chunk, chunk, size) for chunk in chunks]
+        except RuntimeError:  # shut down: the fetcher was cancelled
+            return {i: FetchResult(None, "cancelled") for i, _ in items}
+        out: dict[int, FetchResult] = {}
+        for fut, chunk in zip(futures, chunks):
+            try:
+                out.update(fut.result())
+            except Exception:  # cancelled before it ran
+                out.update({i: FetchResult(None, "cancelled") for i, _ in chunk})
+        return out
+
+    def _decode_chunk(self, items: list[tuple[int, bytes]], size) -> list[tuple[int, FetchResult]]:
+        out = []
+        for i, data in items:
+            try:
+                # Waiting for the pixel budget is not bounded by the download deadline: it is our own CPU
+                # work, finite (pixel cap x batch), and cancel() still ends the wait at shutdown.
+                image = decode_image(data, self._max_pixels, self._max_aspect, size, self._budget)
+                out.append((i, FetchResult(image, None)))
+            except _Refused as exc:
+                out.append((i, FetchResult(None, "cancelled" if self._cancelled.is_set() else exc.reason)))
+            except Exception:
+                log.warning("image_decode_failed", exc_info=True)
+                out.append((i, FetchResult(None, "fetch_error")))
         return out
 
     def cancel(self, grace_s: float = 0.0) -> None:
@@ -639,7 +553,7 @@ class ImageFetcher:
         With ``grace_s`` (a stopping service), fetches may still finish for that long, so a healthy
         batch keeps its images, then whatever is left is aborted: however many URLs are queued and
         whatever the servers do, fetching is over ``grace_s`` after the call. Aborted fetches end
-        with error ``cancelled`` (a connect already under way ends at its connect timeout at most).
+        with error ``cancelled``.
         """
         if grace_s > 0:
             self._stop_by = min(self._stop_by, time.monotonic() + grace_s)
@@ -647,7 +561,8 @@ class ImageFetcher:
             timer.daemon = True
             timer.start()
             return
-        self._scope.cancel()
+        self._cancelled.set()
+        self._loop.cancel()
         self._budget.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -658,7 +573,7 @@ class ImageFetcher:
         self._closed = True
         self.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._pool.close()
+        self._loop.close()
 
     def __enter__(self) -> ImageFetcher:
         return self
@@ -666,51 +581,25 @@ class ImageFetcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _download(self, url: str, deadline: float) -> bytes:
-        self._scope.local.deadline = deadline  # every socket operation of this thread now ends by it
-        try:
-            target = _checked_url(url)
-            for _ in range(MAX_REDIRECTS + 1):
-                if deadline - time.monotonic() <= 0:
-                    raise _Refused("timeout")
-                conn, response = self._pool.request(target, _REQUEST_HEADERS)
-                reusable = False  # only a connection whose response was read to its end goes back
-                try:
-                    location = response.getheader("location")
-                    if response.status in _REDIRECTS and location:
-                        hop = _checked_url(str(target.join(location)))
-                        if target.scheme == "https" and hop.scheme == "http":
-                            # the rest of the chain (and the image) would travel in clear, and whoever
-                            # forged the plain-text hop chooses what comes next
-                            raise _Refused("insecure_redirect")
-                        target = hop
-                        continue
-                    if response.status != 200:
-                        raise _Refused(f"http_{response.status}")
-                    content_type = (response.getheader("content-type") or "").split(";")[0].strip().lower()
-                    if not content_type.startswith("image/"):
-                        raise _Refused("not_an_image")
-                    declared = response.getheader("content-length") or ""
-                    if declared.isdigit() and int(declared) > self._max_bytes:
-                        raise _Refused("too_large")
-                    body = bytearray()
-                    while chunk := response.read(_READ_CHUNK):  # chunked or sized; IncompleteRead if cut
-                        body += chunk
-                        if len(body) > self._max_bytes:
-                            raise _Refused("too_large")
-                    reusable = not response.will_close
-                    return bytes(body)
-                finally:
-                    self._pool.release(conn, reusable)
-            raise _Refused("too_many_redirects")
-        finally:
-            self._scope.local.deadline = None
+
+def _is_literal(host: str) -> bool:
+    try:
+        ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        return False
 
 
-# http.client adds Host and "Accept-Encoding: identity" (no compressed bodies to inflate).
-_REQUEST_HEADERS = {"Accept": "image/*", "User-Agent": "shelver-image-fetcher"}
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_READ_CHUNK = 64 * 1024
+def _next_hop(current: httpx.URL, location: str, hops: int) -> httpx.URL:
+    """The redirect's target, checked like the first URL; never from https down to http."""
+    if hops > MAX_REDIRECTS:
+        raise _Refused("too_many_redirects")
+    hop = _checked_url(str(current.join(location)))
+    if current.scheme == "https" and hop.scheme == "http":
+        # the rest of the chain (and the image) would travel in clear, and whoever forged the plain-text
+        # hop chooses what comes next
+        raise _Refused("insecure_redirect")
+    return hop
 
 
 def _checked_url(url: str) -> httpx.URL:
@@ -726,6 +615,6 @@ def _checked_url(url: str) -> httpx.URL:
 
 
 __all__ = [
-    "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "address_allowed",
+    "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "REDIRECTS", "address_allowed",
     "decode_image", "embedded_ipv4", "is_public", "system_resolver", "MAX_REDIRECTS", "STANDARD_PORTS",
 ]

@@ -1,0 +1,390 @@
+"""Image transfers on libcurl's multi interface, all driven from one thread.
+
+Why: on a 2-core machine the image half's CPU is CPU the model does not get. Fetching with the
+standard library's ``http.client``, one thread per image, cost 0.43-0.59 core-ms per catalogue image
+(HTTP + decode); libcurl driving a whole batch from one thread, handed over once per batch, 0.18
+(``python benchmarks/curl_cost.py``).
+
+This module only moves bytes. What may be fetched is decided before a transfer starts, by the fetcher
+(``consumer.adapters.images``): the URL checked, its name resolved once and every address checked. Here
+each transfer is pinned to exactly those addresses (``CURLOPT_RESOLVE``), and the socket callback
+refuses any other address libcurl might still try to reach (whatever its URL parser made of the host),
+so a connection goes nowhere the guard did not check. No proxy, ever; http and https only; redirects are
+not followed here (the fetcher checks every hop); bodies are not decompressed.
+
+Time: each transfer ends by its deadline (``CURLOPT_TIMEOUT_MS``: DNS is done, so connect, TLS, headers
+and body), connects by the connect cap, and a transfer that receives nothing for the read cap ends too.
+:meth:`CurlLoop.cancel` aborts every transfer in flight at once, from any thread.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import selectors
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Callable, Sequence
+
+import certifi
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def _import_pycurl():
+    """pycurl, bound to the libcurl its wheel carries.
+
+    TensorFlow's library carries a libcurl of its own (8.11) and makes its symbols global: loaded after it,
+    pycurl's extension would bind to that one and refuse to start (older than it was built for). Deep
+    binding (glibc) makes the extension and its libraries look up their own symbols first, whatever was
+    loaded before them."""
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
+    try:
+        import pycurl as module
+    finally:
+        sys.setdlopenflags(flags)
+    return module
+
+
+pycurl = _import_pycurl()
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_HEADERS = 100  # as http.client: a response with more header lines is refused
+_REQUEST_HEADERS = ["Accept: image/*", "Accept-Encoding: identity"]
+_USER_AGENT = "shelver-image-fetcher"
+
+# libcurl's error codes (curl/curl.h), as the fetcher reports them.
+_TIMED_OUT = 28
+_TLS_ERRORS = frozenset({35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
+_CONNECT_ERRORS = frozenset({7})
+
+
+@dataclass
+class Transfer:
+    """One GET: the URL as checked, the addresses it may connect to, and when it must end."""
+
+    url: str
+    host: str  # as it appears in the URL (IPv6 without brackets), lowercase
+    port: int
+    addresses: Sequence[IPv4Address | IPv6Address]
+    deadline: float  # time.monotonic()
+    max_bytes: int
+    permit: Callable[[IPv4Address | IPv6Address], str | None]  # the SSRF rule for this host and port
+    pinned: bool  # the host is a name: libcurl is told its addresses (a literal needs none)
+    # the outcome, set by the loop: status and headers of the final response, the body, or why it failed
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+    error: str | None = None  # a FetchResult reason
+    location: str | None = None  # a redirect's Location (the body is not read)
+
+
+def _ca_options() -> tuple[str | None, str | None]:
+    """(CAINFO, CAPATH) as httpx's default context picks them: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi."""
+    cert_file, cert_dir = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cert_file and os.path.isfile(cert_file):
+        return cert_file, None
+    if cert_dir and os.path.isdir(cert_dir):
+        return None, cert_dir
+    return certifi.where(), None
+
+
+class CurlLoop:
+    """A thread that runs every transfer handed to it; :meth:`run` hands over a batch and waits for it."""
+
+    def __init__(self, max_connections: int, connect_s: float, read_s: float):
+        self._connect_s, self._read_s = connect_s, read_s
+        self._cainfo, self._capath = _ca_options()  # read once, as the fetcher's TLS context was
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        # At most this many connections at once (the fetch concurrency); more transfers wait their turn.
+        self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections)
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)  # idle keep-alive connections kept
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._timeout: float | None = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._active: dict[pycurl.Curl, tuple[Transfer, _Batch]] = {}
+        self._cancelled = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="image-http", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread ------------------------------------------------------------------------
+
+    def run(self, transfers: Sequence[Transfer]) -> None:
+        """Runs ``transfers`` concurrently; returns when every one has its outcome (each by its deadline)."""
+        if not transfers:
+            return
+        batch = _Batch(len(transfers))
+        if self._cancelled.is_set() or self._stopped.is_set():
+            for t in transfers:
+                t.error = "cancelled"
+            return
+        self._inbox.put((list(transfers), batch))
+        self._wake()
+        # Every transfer ends by its deadline or on cancel; should the loop itself have ended (closed, or
+        # failed) after this batch was queued, its transfers are marked cancelled here instead.
+        while not batch.done.wait(1.0):
+            if not self._thread.is_alive():
+                self._drain_inbox()
+
+    def cancel(self) -> None:
+        """Abort every transfer in flight and refuse new ones (outcome ``cancelled``)."""
+        self._cancelled.set()
+        self._wake()
+
+    def close(self) -> None:
+        self.cancel()
+        self._stopped.set()
+        self._wake()
+        self._thread.join(10)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or the loop is gone)
+
+    # -- the loop's thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                events = self._selector.select(self._timeout)
+                if self._cancelled.is_set():
+                    self._abort_all()
+                if not events:
+                    self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+                for key, mask in events:
+                    if key.data is None:
+                        self._take_inbox()
+                    else:
+                        flags = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
+                            pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0)
+                        self._multi.socket_action(key.data, flags)
+                self._finish_done()
+        except Exception:  # never leave a caller waiting on a dead loop
+            log.exception("image_http_loop_failed")
+            self._cancelled.set()
+        finally:
+            self._stopped.set()
+            self._abort_all()
+            self._drain_inbox()
+            self._multi.close()
+
+    def _drain_inbox(self) -> None:
+        """Marks every queued, never started transfer cancelled (the loop has ended)."""
+        while True:
+            try:
+                transfers, batch = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            for t in transfers:
+                t.error = "cancelled"
+                batch.one_done()
+
+    def _take_inbox(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                transfers, batch = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            for t in transfers:
+                if self._cancelled.is_set():
+                    t.error = "cancelled"
+                    batch.one_done()
+                    continue
+                try:
+                    handle = self._handle(t)
+                    self._multi.add_handle(handle)
+                except Exception:
+                    log.warning("image_transfer_not_started", exc_info=True)
+                    t.error = "fetch_error"
+                    batch.one_done()
+                    continue
+                self._active[handle] = (t, batch)
+        self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _finish_done(self) -> None:
+        while True:
+            queued, ok, failed = self._multi.info_read()
+            for handle in ok:
+                self._finish(handle, None)
+            for handle, code, message in failed:
+                self._finish(handle, code)
+            if queued == 0:
+                break
+
+    def _finish(self, handle: pycurl.Curl, code: int | None) -> None:
+        transfer, batch = self._active.pop(handle)
+        self._multi.remove_handle(handle)
+        handle.close()
+        if transfer.error is None and transfer.location is None and code is not None:
+            transfer.error = _reason(code, transfer.deadline)
+        batch.one_done()
+
+    def _abort_all(self) -> None:
+        for handle, (transfer, batch) in list(self._active.items()):
+            transfer.error = "cancelled"
+            del self._active[handle]
+            self._multi.remove_handle(handle)  # closes its connection: nothing more is read or sent
+            handle.close()
+            batch.one_done()
+
+    def _on_socket(self, what, fd, multi, data) -> None:
+        if what == pycurl.POLL_REMOVE:
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            return
+        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
+            selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0)
+        try:
+            self._selector.modify(fd, events, fd)
+        except KeyError:
+            self._selector.register(fd, events, fd)
+        except OSError:  # a number libcurl reused for a new socket after closing the old one unannounced
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            self._selector.register(fd, events, fd)
+
+    def _on_timer(self, ms: int) -> None:
+        self._timeout = None if ms < 0 else ms / 1000
+
+    def _handle(self, t: Transfer) -> pycurl.Curl:
+        h = pycurl.Curl()
+        left_ms = max(1, math.ceil((t.deadline - time.monotonic()) * 1000))
+        h.setopt(pycurl.URL, t.url)
+        if t.pinned:  # the name resolves to the checked addresses only: libcurl asks no resolver
+            pins = ",".join(f"[{a}]" if a.version == 6 else str(a) for a in t.addresses)
+            h.setopt(pycurl.RESOLVE, [f"{t.host}:{t.port}:{pins}"])
+        h.setopt(pycurl.OPENSOCKETFUNCTION, lambda purpose, address: _open_checked(t, address))
+        h.setopt(pycurl.PROXY, "")  # no proxy, whatever the environment says: it would connect for us
+        h.setopt(pycurl.NOPROXY, "*")
+        h.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        h.setopt(pycurl.FOLLOWLOCATION, 0)  # the fetcher checks every hop itself
+        h.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        h.setopt(pycurl.NOSIGNAL, 1)
+        # One deadline for connect, TLS, headers and body; the connect cap within it.
+        h.setopt(pycurl.TIMEOUT_MS, left_ms)
+        h.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, min(left_ms, math.ceil(self._connect_s * 1000))))
+        # Nothing received for the read cap (whole seconds: libcurl's unit) ends the transfer too.
+        h.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        h.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(self._read_s)))
+        h.setopt(pycurl.MAXFILESIZE_LARGE, t.max_bytes)
+        if self._cainfo:
+            h.setopt(pycurl.CAINFO, self._cainfo)
+        if self._capath:
+            h.setopt(pycurl.CAPATH, self._capath)
+        h.setopt(pycurl.SSL_VERIFYPEER, 1)  # the certificate must chain to a trusted CA ...
+        h.setopt(pycurl.SSL_VERIFYHOST, 2)  # ... and name the URL's host
+        h.setopt(pycurl.USERAGENT, _USER_AGENT)
+        h.setopt(pycurl.HTTPHEADER, _REQUEST_HEADERS)
+        h.setopt(pycurl.HEADERFUNCTION, lambda line: _on_header(t, line))
+        h.setopt(pycurl.WRITEFUNCTION, lambda chunk: _on_body(t, chunk))
+        return h
+
+
+class _Batch:
+    """Counts a batch's transfers down; the caller waits on ``done``."""
+
+    def __init__(self, count: int):
+        self.left = count
+        self.done = threading.Event()
+
+    def one_done(self) -> None:
+        self.left -= 1  # only the loop's thread counts down
+        if self.left <= 0:
+            self.done.set()
+
+
+def _open_checked(t: Transfer, address) -> object:
+    """libcurl's socket(2), only for an address the SSRF rule admits for this transfer's host and port:
+    whatever libcurl made of the URL, it connects nowhere the guard would refuse."""
+    try:
+        reason = t.permit(ip_address(str(address.addr[0]).split("%")[0]))
+    except (ValueError, IndexError, TypeError):
+        reason = "blocked_address"
+    if reason:
+        t.error = reason
+        return pycurl.SOCKET_BAD
+    try:
+        sock = socket.socket(address.family, address.socktype, address.protocol)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
+    except OSError:
+        return pycurl.SOCKET_BAD
+    return sock
+
+
+def _on_header(t: Transfer, line: bytes) -> int | None:
+    """Status line and headers of each response; at the end of a final response's head, decides whether
+    its body is wanted (returning 0 aborts the transfer)."""
+    text = line.decode("latin-1").rstrip("\r\n")
+    if text.startswith("HTTP/"):
+        parts = text.split(" ", 2)
+        t.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        t.headers = {}
+        return None
+    if text:
+        if len(t.headers) >= MAX_HEADERS:
+            t.error = "network_error"
+            return 0
+        name, sep, value = text.partition(":")
+        if sep:
+            t.headers[name.strip().lower()] = value.strip()
+        return None
+    if 100 <= t.status < 200:
+        return None  # an interim response; the final one follows
+    if t.status in REDIRECTS and t.headers.get("location"):
+        t.location = t.headers["location"]
+        return 0  # the fetcher checks the next hop; this body is not read
+    if t.status != 200:
+        t.error = f"http_{t.status}"
+        return 0
+    if not t.headers.get("content-type", "").split(";")[0].strip().lower().startswith("image/"):
+        t.error = "not_an_image"
+        return 0
+    declared = t.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > t.max_bytes:
+        t.error = "too_large"
+        return 0
+    return None
+
+
+def _on_body(t: Transfer, chunk: bytes) -> int | None:
+    if len(t.body) + len(chunk) > t.max_bytes:
+        t.error = "too_large"
+        return 0  # aborts the transfer: a body is never held past the cap
+    t.body += chunk
+    return None
+
+
+def _reason(code: int, deadline: float) -> str:
+    if code == _TIMED_OUT or time.monotonic() >= deadline:
+        return "timeout"
+    if code in _TLS_ERRORS:
+        return "tls_error"
+    if code in _CONNECT_ERRORS:
+        return "connect_error"
+    if code == 63:  # CURLE_FILESIZE_EXCEEDED: the declared length is over the cap
+        return "too_large"
+    return "network_error"
