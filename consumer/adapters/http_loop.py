@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import queue
-import selectors
+import select
 import socket
 import sys
 import threading
@@ -55,7 +55,8 @@ def _import_pycurl():
 pycurl = _import_pycurl()
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-MAX_HEADERS = 100  # as http.client: a response with more header lines is refused
+# Longest wait between two rounds while transfers run, whatever libcurl's timers say (see CurlLoop._wait).
+MAX_WAIT_MS = 50
 _REQUEST_HEADERS = ["Accept: image/*", "Accept-Encoding: identity"]
 _USER_AGENT = "shelver-image-fetcher"
 
@@ -77,9 +78,8 @@ class Transfer:
     max_bytes: int
     permit: Callable[[IPv4Address | IPv6Address], str | None]  # the SSRF rule for this host and port
     pinned: bool  # the host is a name: libcurl is told its addresses (a literal needs none)
-    # the outcome, set by the loop: status and headers of the final response, the body, or why it failed
+    # the outcome, set by the loop: the final response's status, the body, or why it failed
     status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
     error: str | None = None  # a FetchResult reason
     location: str | None = None  # a redirect's Location (the body is not read)
@@ -102,17 +102,12 @@ class CurlLoop:
         self._connect_s, self._read_s = connect_s, read_s
         self._cainfo, self._capath = _ca_options()  # read once, as the fetcher's TLS context was
         self._multi = pycurl.CurlMulti()
-        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         # At most this many connections at once (the fetch concurrency); more transfers wait their turn.
         self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections)
         self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)  # idle keep-alive connections kept
-        self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._timeout: float | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._active: dict[pycurl.Curl, tuple[Transfer, _Batch]] = {}
         self._cancelled = threading.Event()
@@ -159,21 +154,19 @@ class CurlLoop:
     # -- the loop's thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """perform() moves every transfer that can move, in one call: the loop takes the GIL a few times per
+        round, not once per socket event and header line (a thread that holds the GIL in Python, as the
+        Kafka loop does, made each of those wait up to a switch interval)."""
         try:
             while not self._stopped.is_set():
-                events = self._selector.select(self._timeout)
+                self._take_inbox()
                 if self._cancelled.is_set():
                     self._abort_all()
-                if not events:
-                    self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
-                for key, mask in events:
-                    if key.data is None:
-                        self._take_inbox()
-                    else:
-                        flags = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
-                            pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0)
-                        self._multi.socket_action(key.data, flags)
-                self._finish_done()
+                if self._active:
+                    while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                        pass
+                    self._finish_done()
+                self._wait()
         except Exception:  # never leave a caller waiting on a dead loop
             log.exception("image_http_loop_failed")
             self._cancelled.set()
@@ -182,6 +175,24 @@ class CurlLoop:
             self._abort_all()
             self._drain_inbox()
             self._multi.close()
+
+    def _wait(self) -> None:
+        """Until a transfer's socket is ready, libcurl's next timeout, or a wake-up (new work, cancel)."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        wait_ms = None
+        if self._active:
+            readable, writable, exceptional = self._multi.fdset()
+            masks: dict[int, int] = {}
+            for fds, mask in ((readable, select.POLLIN), (writable, select.POLLOUT), (exceptional, select.POLLPRI)):
+                for fd in fds:
+                    masks[fd] = masks.get(fd, 0) | mask
+            for fd, mask in masks.items():
+                poller.register(fd, mask)
+            timeout_ms = self._multi.timeout()
+            # libcurl lists no socket numbered past FD_SETSIZE: at worst those transfers move every MAX_WAIT_MS
+            wait_ms = MAX_WAIT_MS if timeout_ms < 0 else min(timeout_ms, MAX_WAIT_MS)
+        poller.poll(wait_ms)
 
     def _drain_inbox(self) -> None:
         """Marks every queued, never started transfer cancelled (the loop has ended)."""
@@ -198,7 +209,7 @@ class CurlLoop:
         try:
             while self._wake_r.recv(4096):
                 pass
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             pass
         while True:
             try:
@@ -219,7 +230,6 @@ class CurlLoop:
                     batch.one_done()
                     continue
                 self._active[handle] = (t, batch)
-        self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
     def _finish_done(self) -> None:
         while True:
@@ -233,10 +243,13 @@ class CurlLoop:
 
     def _finish(self, handle: pycurl.Curl, code: int | None) -> None:
         transfer, batch = self._active.pop(handle)
+        if transfer.error is None:
+            if code is not None:
+                transfer.error = _reason(code, transfer.deadline)
+            else:
+                _judge_response(transfer, handle)
         self._multi.remove_handle(handle)
         handle.close()
-        if transfer.error is None and transfer.location is None and code is not None:
-            transfer.error = _reason(code, transfer.deadline)
         batch.one_done()
 
     def _abort_all(self) -> None:
@@ -246,29 +259,6 @@ class CurlLoop:
             self._multi.remove_handle(handle)  # closes its connection: nothing more is read or sent
             handle.close()
             batch.one_done()
-
-    def _on_socket(self, what, fd, multi, data) -> None:
-        if what == pycurl.POLL_REMOVE:
-            try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-            return
-        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
-            selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0)
-        try:
-            self._selector.modify(fd, events, fd)
-        except KeyError:
-            self._selector.register(fd, events, fd)
-        except OSError:  # a number libcurl reused for a new socket after closing the old one unannounced
-            try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-            self._selector.register(fd, events, fd)
-
-    def _on_timer(self, ms: int) -> None:
-        self._timeout = None if ms < 0 else ms / 1000
 
     def _handle(self, t: Transfer) -> pycurl.Curl:
         h = pycurl.Curl()
@@ -299,7 +289,6 @@ class CurlLoop:
         h.setopt(pycurl.SSL_VERIFYHOST, 2)  # ... and name the URL's host
         h.setopt(pycurl.USERAGENT, _USER_AGENT)
         h.setopt(pycurl.HTTPHEADER, _REQUEST_HEADERS)
-        h.setopt(pycurl.HEADERFUNCTION, lambda line: _on_header(t, line))
         h.setopt(pycurl.WRITEFUNCTION, lambda chunk: _on_body(t, chunk))
         return h
 
@@ -335,42 +324,24 @@ def _open_checked(t: Transfer, address) -> object:
     return sock
 
 
-def _on_header(t: Transfer, line: bytes) -> int | None:
-    """Status line and headers of each response; at the end of a final response's head, decides whether
-    its body is wanted (returning 0 aborts the transfer)."""
-    text = line.decode("latin-1").rstrip("\r\n")
-    if text.startswith("HTTP/"):
-        parts = text.split(" ", 2)
-        t.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        t.headers = {}
-        return None
-    if text:
-        if len(t.headers) >= MAX_HEADERS:
-            t.error = "network_error"
-            return 0
-        name, sep, value = text.partition(":")
-        if sep:
-            t.headers[name.strip().lower()] = value.strip()
-        return None
-    if 100 <= t.status < 200:
-        return None  # an interim response; the final one follows
-    if t.status in REDIRECTS and t.headers.get("location"):
-        t.location = t.headers["location"]
-        return 0  # the fetcher checks the next hop; this body is not read
+def _judge_response(t: Transfer, handle: pycurl.Curl) -> None:
+    """A completed response: an image to decode, a redirect for the fetcher to check, or the reason not."""
+    t.status = handle.getinfo(pycurl.RESPONSE_CODE)
+    if t.status in REDIRECTS:
+        location = handle.getinfo(pycurl.REDIRECT_URL)  # Location, made absolute against the URL
+        if location:
+            t.location = location
+            t.body = bytearray()
+            return
     if t.status != 200:
         t.error = f"http_{t.status}"
-        return 0
-    if not t.headers.get("content-type", "").split(";")[0].strip().lower().startswith("image/"):
+    elif not (handle.getinfo(pycurl.CONTENT_TYPE) or "").split(";")[0].strip().lower().startswith("image/"):
         t.error = "not_an_image"
-        return 0
-    declared = t.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > t.max_bytes:
-        t.error = "too_large"
-        return 0
-    return None
 
 
 def _on_body(t: Transfer, chunk: bytes) -> int | None:
+    """Bodies are kept up to the cap (a declared length over it is refused before: MAXFILESIZE). The status
+    and type are judged once the transfer ends: libcurl allows no question about a transfer under way."""
     if len(t.body) + len(chunk) > t.max_bytes:
         t.error = "too_large"
         return 0  # aborts the transfer: a body is never held past the cap

@@ -42,10 +42,16 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _DemoServer(ThreadingHTTPServer):
+    # The fetcher opens up to image_fetch_concurrency connections to one host at once; with the standard
+    # library's backlog of 5, the SYNs past it were dropped and retried a second later (a 1 s stall).
+    request_queue_size = 128
+
+
 @contextlib.contextmanager
 def serve_directory(root: Path) -> Iterator[str]:
     """Serve ``root`` on 127.0.0.1 (free port) in a background thread; yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    server = _DemoServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, name="sample-images", daemon=True)
     thread.start()
     try:
