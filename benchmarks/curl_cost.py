@@ -1,7 +1,8 @@
 """Would a C HTTP client bring the image half's CPU down? Core-ms per image (this process's CPU time, all
 threads) for HTTP + decode of catalogue images from a local image server in its own process, four ways:
 
-- ``fetcher``: the service's ``ImageFetcher`` (``http.client`` over guarded sockets, a thread per fetch);
+- ``fetcher``: the service's ``ImageFetcher`` as it is now (until 2026-12-05: ``http.client`` over guarded
+  sockets, a thread per fetch; since: the guard in front of one libcurl loop, a hand-off per batch);
 - ``curl, in the caller``: libcurl's multi interface driving a batch's transfers from the calling thread,
   which then decodes them (the floor of a C client: no guard, no other thread);
 - ``curl, handoff per image``: the same loop behind a thread pool, one handoff per image (the shape the
@@ -9,7 +10,7 @@ threads) for HTTP + decode of catalogue images from a local image server in its 
 - ``curl, handoff per batch``: the caller hands a batch's URLs to the loop at once and decodes the bodies
   itself.
 
-An experiment for issue #18, not a dependency of the service: ``pip install pycurl`` first.
+Measured for issue #18 before the fetcher moved to libcurl (pycurl is a runtime dependency since).
 
     python benchmarks/curl_cost.py            # 1,024 catalogue images, model input 192x144
 """
@@ -171,10 +172,6 @@ def main() -> None:
     def decode(body: bytes):
         return decode_image(body, MAX_PIXELS, MAX_ASPECT, size)
 
-    try:
-        import pycurl  # noqa: F401
-    except ImportError:
-        pycurl = None
     root = data_dir(None) / "images"
     names = sorted(p.name for p in root.glob("*.jpg"))[: args.images]
     with image_server(root) as (base, _pid):
@@ -184,9 +181,6 @@ def main() -> None:
             with ImageFetcher(settings, size) as fetcher:
                 ms = per_image_ms(fetcher.fetch_many, urls)
             print(f"fetcher, {threads:2d} threads: {ms:.3f} core-ms per image")
-        if pycurl is None:
-            print("pycurl is not installed (pip install pycurl): the libcurl rows are skipped")
-            return
         in_caller = curl_in_caller()
         print(f"curl, in the caller: "
               f"{per_image_ms(lambda b: [decode(x) for x in in_caller(b)], urls):.3f} core-ms per image")
