@@ -144,6 +144,9 @@ class CurlLoop:
         self._stopped.set()
         self._wake()
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _wake(self) -> None:
         try:
@@ -195,7 +198,7 @@ class CurlLoop:
         poller.poll(wait_ms)
 
     def _drain_inbox(self) -> None:
-        """Marks every queued, never started transfer cancelled (the loop has ended)."""
+        """Marks every queued, never started transfer cancelled (cancelled, or the loop has ended)."""
         while True:
             try:
                 transfers, batch = self._inbox.get_nowait()
@@ -211,16 +214,15 @@ class CurlLoop:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        if self._cancelled.is_set():
+            self._drain_inbox()
+            return
         while True:
             try:
                 transfers, batch = self._inbox.get_nowait()
             except queue.Empty:
                 break
             for t in transfers:
-                if self._cancelled.is_set():
-                    t.error = "cancelled"
-                    batch.one_done()
-                    continue
                 try:
                     handle = self._handle(t)
                     self._multi.add_handle(handle)
