@@ -3,13 +3,13 @@
 Why: on a 2-core machine the image half's CPU is CPU the model does not get. Fetching with the
 standard library's ``http.client``, one thread per image, cost 0.43-0.59 core-ms per catalogue image
 (HTTP + decode); libcurl driving a whole batch from one thread, handed over once per batch, 0.18
-(``python benchmarks/curl_cost.py``).
+(``python benchmarks/curl_cost.py``); the fetcher on this loop, guard included, 0.20-0.24.
 
 This module only moves bytes. What may be fetched is decided before a transfer starts, by the fetcher
 (``consumer.adapters.images``): the URL checked, its name resolved once and every address checked. Here
-each transfer is pinned to exactly those addresses (``CURLOPT_RESOLVE``), and the socket callback
-refuses any other address libcurl might still try to reach (whatever its URL parser made of the host),
-so a connection goes nowhere the guard did not check. No proxy, ever; http and https only; redirects are
+each transfer is pinned to exactly those addresses (``CURLOPT_RESOLVE``: libcurl asks no resolver), and
+the socket callback opens no socket to an address the same SSRF rule refuses for the transfer's host and
+port, whatever libcurl's URL parser made of the URL. No proxy, ever; http and https only; redirects are
 not followed here (the fetcher checks every hop); bodies are not decompressed.
 
 Time: each transfer ends by its deadline (``CURLOPT_TIMEOUT_MS``: DNS is done, so connect, TLS, headers
