@@ -197,13 +197,17 @@ class CurlLoop:
             wait_ms = MAX_WAIT_MS if timeout_ms < 0 else min(timeout_ms, MAX_WAIT_MS)
         poller.poll(wait_ms)
 
-    def _drain_inbox(self) -> None:
-        """Marks every queued, never started transfer cancelled (cancelled, or the loop has ended)."""
+    def _queued(self):
+        """(transfers, batch) handed over and not yet taken, oldest first, without waiting."""
         while True:
             try:
-                transfers, batch = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _drain_inbox(self) -> None:
+        """Marks every queued, never started transfer cancelled (cancelled, or the loop has ended)."""
+        for transfers, batch in self._queued():
             for t in transfers:
                 t.error = "cancelled"
                 batch.one_done()
@@ -217,11 +221,7 @@ class CurlLoop:
         if self._cancelled.is_set():
             self._drain_inbox()
             return
-        while True:
-            try:
-                transfers, batch = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        for transfers, batch in self._queued():
             for t in transfers:
                 try:
                     handle = self._handle(t)

@@ -43,7 +43,7 @@ import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from consumer.adapters.allowlist import AllowRule
-from consumer.adapters.http_loop import REDIRECTS, CurlLoop, Transfer
+from consumer.adapters.http_loop import CurlLoop, Transfer
 from consumer.config import Settings
 from models.pixels import draft_for, shrink_for
 
@@ -391,8 +391,8 @@ class ImageFetcher:
         self._cancelled = threading.Event()
         workers = max(1, settings.image_fetch_concurrency)
         self._guard = _Guard(settings.image_allowed_hosts, resolver)
-        # No proxy, ever (the loop sets none and reads no environment): a proxy would connect on our behalf
-        # and bypass the address check. Redirects are followed by hand, each hop checked.
+        # No proxy, ever (the loop tells libcurl to use none, whatever the environment says): a proxy would
+        # connect on our behalf and bypass the address check. Redirects are followed by hand, each hop checked.
         self._loop = CurlLoop(workers, settings.image_connect_timeout_s, settings.image_read_timeout_s)
         # DNS lookups of a batch's distinct names, and decoding in chunks (one per core at most).
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
@@ -615,6 +615,6 @@ def _checked_url(url: str) -> httpx.URL:
 
 
 __all__ = [
-    "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "REDIRECTS", "address_allowed",
+    "ACCEPTED_FORMATS", "AllowRule", "FetchResult", "ImageFetcher", "PixelBudget", "address_allowed",
     "decode_image", "embedded_ipv4", "is_public", "system_resolver", "MAX_REDIRECTS", "STANDARD_PORTS",
 ]
