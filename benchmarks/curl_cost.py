@@ -17,7 +17,6 @@ Measured for issue #18 before the fetcher moved to libcurl (pycurl is a runtime 
 
 from __future__ import annotations
 
-import argparse
 import io
 import queue
 import selectors
@@ -157,30 +156,23 @@ def per_image_ms(fn, urls: list[str], batch: int = 32) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1024)
-    ap.add_argument("--size", default="192x144", help="model input, HEIGHTxWIDTH")
-    args = ap.parse_args()
-    size = tuple(int(v) for v in args.size.split("x"))
-
+    from image_cost import arguments, fetch_cost
     from image_server import image_server
 
-    from consumer.adapters.images import ImageFetcher, decode_image
-    from consumer.config import Settings
+    from consumer.adapters.images import decode_image
     from training.data import data_dir
+
+    count, size = arguments(__doc__)
 
     def decode(body: bytes):
         return decode_image(body, MAX_PIXELS, MAX_ASPECT, size)
 
     root = data_dir(None) / "images"
-    names = sorted(p.name for p in root.glob("*.jpg"))[: args.images]
+    names = sorted(p.name for p in root.glob("*.jpg"))[:count]
     with image_server(root) as (base, _pid):
         urls = [f"{base}/{n}" for n in names]
         for threads in (16, 1):
-            settings = Settings(image_allowed_hosts=["127.0.0.1"], image_fetch_concurrency=threads)
-            with ImageFetcher(settings, size) as fetcher:
-                ms = per_image_ms(fetcher.fetch_many, urls)
-            print(f"fetcher, {threads:2d} threads: {ms:.3f} core-ms per image")
+            print(f"fetcher, {threads:2d} threads: {fetch_cost(base, names, threads, size):.3f} core-ms per image")
         in_caller = curl_in_caller()
         print(f"curl, in the caller: "
               f"{per_image_ms(lambda b: [decode(x) for x in in_caller(b)], urls):.3f} core-ms per image")

@@ -52,12 +52,17 @@ def resize_cost(images, size: tuple[int, int], batch: int = 32) -> dict[str, flo
     return {"pillow_resize": pillow, "prepare_images": banded}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> tuple[int, tuple[int, int]]:
+    """(--images, --size as (height, width)): the options this script and ``curl_cost.py`` share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--size", default="192x144", help="model input, HEIGHTxWIDTH")
     args = ap.parse_args()
-    size = tuple(int(v) for v in args.size.split("x"))
+    return args.images, tuple(int(v) for v in args.size.split("x"))
+
+
+def main() -> None:
+    count, size = arguments(__doc__)
 
     from PIL import Image
 
@@ -66,7 +71,7 @@ def main() -> None:
     from training.data import data_dir
 
     root = data_dir(None) / "images"
-    names = sorted(p.name for p in root.glob("*.jpg"))[: args.images]
+    names = sorted(p.name for p in root.glob("*.jpg"))[:count]
     with image_server(root) as (base, _pid):
         for concurrency in (16, 4, 1):
             print(f"HTTP + decode, {concurrency:2d} fetch threads: {fetch_cost(base, names, concurrency, size):.3f} core-ms per image")

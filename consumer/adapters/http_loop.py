@@ -78,8 +78,7 @@ class Transfer:
     max_bytes: int
     permit: Callable[[IPv4Address | IPv6Address], str | None]  # the SSRF rule for this host and port
     pinned: bool  # the host is a name: libcurl is told its addresses (a literal needs none)
-    # the outcome, set by the loop: the final response's status, the body, or why it failed
-    status: int = 0
+    # the outcome, set by the loop: the body, or why it failed
     body: bytearray = field(default_factory=bytearray)
     error: str | None = None  # a FetchResult reason
     location: str | None = None  # a redirect's Location (the body is not read)
@@ -328,15 +327,15 @@ def _open_checked(t: Transfer, address) -> object:
 
 def _judge_response(t: Transfer, handle: pycurl.Curl) -> None:
     """A completed response: an image to decode, a redirect for the fetcher to check, or the reason not."""
-    t.status = handle.getinfo(pycurl.RESPONSE_CODE)
-    if t.status in REDIRECTS:
+    status = handle.getinfo(pycurl.RESPONSE_CODE)
+    if status in REDIRECTS:
         location = handle.getinfo(pycurl.REDIRECT_URL)  # Location, made absolute against the URL
         if location:
             t.location = location
             t.body = bytearray()
             return
-    if t.status != 200:
-        t.error = f"http_{t.status}"
+    if status != 200:
+        t.error = f"http_{status}"
     elif not (handle.getinfo(pycurl.CONTENT_TYPE) or "").split(";")[0].strip().lower().startswith("image/"):
         t.error = "not_an_image"
 

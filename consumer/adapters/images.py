@@ -208,11 +208,13 @@ class _Guard:
 
     def needs_dns(self, host: str) -> bool:
         """Whether resolving ``host`` may wait on the network (not a literal, the hosts file or a fresh pin)."""
-        if _is_literal(host) or self._hosts.lookup(host):
-            return False
+        return not (_is_literal(host) or self._hosts.lookup(host) or self._fresh_pin(host) is not None)
+
+    def _fresh_pin(self, host: str) -> list | None:
+        """The name's checked addresses while their TTL lasts, else None."""
         with self._lock:
             pin = self._pins.get(host)
-        return pin is None or pin[1] <= time.monotonic()
+        return pin[0] if pin is not None and pin[1] > time.monotonic() else None
 
     def addresses(self, host: str, deadline: float, cap: float | None) -> list[IPv4Address | IPv6Address]:
         """A name's addresses, IPv4 first: a literal as is, else the hosts file, else a fresh pin, else DNS
@@ -221,10 +223,8 @@ class _Guard:
             return [ip_address(host.split("%")[0])]
         if known := self._hosts.lookup(host):
             return list(dict.fromkeys(sorted(known, key=lambda ip: ip.version)))
-        with self._lock:
-            pin = self._pins.get(host)
-        if pin is not None and pin[1] > time.monotonic():
-            return pin[0]
+        if (pinned := self._fresh_pin(host)) is not None:
+            return pinned
         found: list = []
         ttl = PIN_TTL_S
         for rdtype in ("A", "AAAA"):
