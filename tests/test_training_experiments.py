@@ -60,3 +60,17 @@ def test_teacher_labels_stay_inside_the_items_target_and_keep_the_prior_where_th
     out = teacher_labels(prior, teacher)
     np.testing.assert_allclose(out[0], [0.25, 0.75, 0.0])  # class 2 is outside the item's target
     np.testing.assert_allclose(out[1], prior[1])  # the teacher puts no mass on the target's classes
+
+
+def test_marginal_loss_is_the_cross_entropy_for_one_class_and_scores_a_set_by_its_total_probability():
+    from training.train_text import marginal_nll
+
+    probs = np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]], np.float32)
+    allowed = np.array([[1, 0, 0], [0, 1, 1]], np.float32)
+    loss = np.asarray(marginal_nll(allowed, probs))
+    np.testing.assert_allclose(loss, [-np.log(0.5), -np.log(0.5)], rtol=1e-6)
+    # moving mass between allowed classes changes nothing; moving it out of the set costs
+    same = np.asarray(marginal_nll(allowed[1:], np.array([[0.5, 0.49, 0.01]], np.float32)))
+    worse = np.asarray(marginal_nll(allowed[1:], np.array([[0.7, 0.2, 0.1]], np.float32)))
+    np.testing.assert_allclose(same, -np.log(0.5), rtol=1e-6)
+    assert worse[0] > same[0]

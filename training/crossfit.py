@@ -82,7 +82,9 @@ def noex_model():
 VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05": {"title_weight": 0.5},
             # the examples labelled inside their target by the model trained without any example (`noex_model`)
             "selflabel": {"example_teacher": "noex"},
-            "myntra2": {"myntra_weight": 2.0}, "myntra4": {"myntra_weight": 4.0}}
+            "myntra2": {"myntra_weight": 2.0}, "myntra4": {"myntra_weight": 4.0},
+            # soft rows read as the set of classes they allow (`train_text.marginal_nll`)
+            "marginal": {"loss": "marginal"}}
 
 
 def recipe_name(variant: str, seed: int) -> str:

@@ -71,6 +71,15 @@ def _dataset(encoder: TextEncoder, texts, y, w, batch_size: int, shuffle_seed: i
     return ds.prefetch(2)
 
 
+def marginal_nll(allowed, probs):
+    """−log of the probability the model puts on a row's allowed classes (a 0/1 mask)."""
+    mass = keras.ops.sum(allowed * probs, axis=-1)
+    return -keras.ops.log(keras.ops.clip(mass, 1e-7, 1.0))
+
+
+LOSSES = {"cross_entropy": "categorical_crossentropy", "marginal": marginal_nll}
+
+
 def _targets(y: np.ndarray, n_labels: int) -> np.ndarray:
     """Class indices → one-hot; soft rows (already [N, S]) pass through."""
     y = np.asarray(y)
@@ -102,6 +111,7 @@ def train_text_model(
     hidden: int = 0,
     bucketed: bool = False,
     conv: int = 0,
+    loss: str = "cross_entropy",
 ) -> tuple[TextModel, dict]:
     """Train on (text, label) pairs; labels are class indices or soft rows [N, S].
 
@@ -109,8 +119,13 @@ def train_text_model(
     rows (and pretrained vectors) too. ``frozen`` adds the pretrained vectors as a fixed
     second channel (ignored for init="random"). ``char_ngrams`` turns on hashed character
     n-gram features (see `TextEncoder`). ``conv`` adds that many word-trigram filters (`build_text_model`). The returned model's weights are already
-    rounded to float16, i.e. identical to what `save_text_model` writes.
+    rounded to float16, i.e. identical to what `save_text_model` writes. ``loss="marginal"`` reads a
+    soft row only as the set of classes it allows (its non-zero entries) and maximises the probability
+    of that set, so the model, not the catalogue's frequencies, decides which of a target's classes an
+    item is (one-hot rows: the same as the cross-entropy).
     """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: choose one of {sorted(LOSSES)}")
     t0 = time.time()
     keras.utils.set_random_seed(seed)
     encoder = TextEncoder.build(list(pretrain_texts) + list(train_texts), n_buckets=n_buckets, char_ngrams=char_ngrams,
@@ -129,12 +144,15 @@ def train_text_model(
 
     n = len(labels)
     w = np.ones(len(train_texts), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
-    train_ds = _dataset(encoder, train_texts, _targets(train_y, n), w, batch_size, seed, bucketed)
+    train_targets = _targets(train_y, n)
+    if loss == "marginal":
+        train_targets = (train_targets > 0).astype(np.float32)
+    train_ds = _dataset(encoder, train_texts, train_targets, w, batch_size, seed, bucketed)
     val_ds = None
     if len(val_texts):
         val_ds = _dataset(encoder, val_texts, _targets(val_y, n), np.ones(len(val_texts)), 512, None)
     tm.model.compile(
-        optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["categorical_accuracy"]
+        optimizer=keras.optimizers.Adam(lr), loss=LOSSES[loss], metrics=["categorical_accuracy"]
     )
     hist = tm.model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False)
     tm.quantize()
