@@ -84,7 +84,7 @@ VARIANTS = {"conv64": {"conv": 64}, "minilm": {"init": "cbow+minilm"}, "titles05
             "selflabel": {"example_teacher": "noex"},
             "myntra2": {"myntra_weight": 2.0}, "myntra4": {"myntra_weight": 4.0},
             # soft rows read as the set of classes they allow (`train_text.marginal_nll`)
-            "marginal": {"loss": "marginal"}}
+            "marginal": {"loss": "marginal"}, "examples1": {"example_weight": 1.0}}
 
 
 def recipe_name(variant: str, seed: int) -> str:
