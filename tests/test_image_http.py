@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from ipaddress import ip_address
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,6 +40,13 @@ class _KeepAliveHandler(BaseHTTPRequestHandler):
                 self.server.busy -= 1
 
     def _respond(self):
+        if self.path == "/latin1-type.jpg":  # a header byte that is not UTF-8 (0xff), as old servers send
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg; name=\xff.jpg")  # http.server writes Latin-1
+            self.send_header("Content-Length", str(len(JPEG)))
+            self.end_headers()
+            self.wfile.write(JPEG)
+            return
         if self.path == "/chunked.jpg" or self.path == "/cut-chunked.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -191,6 +199,51 @@ def test_the_socket_callback_refuses_an_address_the_rule_refuses_whatever_the_ur
     assert refused.error == "blocked_address" and not refused.body
     assert admitted.error is None and bytes(admitted.body) == JPEG
     assert len(srv.connections) == 1  # only the admitted transfer reached the server
+
+
+def test_a_header_that_is_not_utf8_neither_hangs_the_caller_nor_stops_the_fetcher(keep_alive_server):
+    """Regression: pycurl's getinfo decodes UTF-8 and raised inside the loop's thread, which left the caller
+    waiting for good and every later fetch cancelled."""
+    _, base = keep_alive_server
+    with _fetcher() as fetcher:
+        results: list = []
+        caller = threading.Thread(target=lambda: results.extend(
+            [fetcher.fetch(f"{base}/latin1-type.jpg"), fetcher.fetch(f"{base}/a.jpg")]), daemon=True)
+        caller.start()
+        caller.join(30)  # each fetch ends by its 5 s deadline: a caller still waiting after 30 s is stuck
+        assert not caller.is_alive(), "the caller is still waiting"
+    assert [r.error for r in results] == [None, None]
+    assert results[0].image.size == (64, 48)  # read as Latin-1, the type is an image type
+
+
+def test_a_pin_is_dropped_from_libcurls_cache_after_the_longest_transfer(keep_alive_server):
+    """Regression: pins were permanent entries of the multi handle's DNS cache, one per host ever fetched, so
+    memory and the cost of every lookup grew for the life of the process."""
+    srv, base = keep_alive_server
+    srv.drop_idle = True  # every transfer connects anew, so it looks the name up (a reused one would not)
+    port = int(base.rsplit(":", 1)[1])
+    name = "pinned-once.invalid"
+    loop = CurlLoop(max_connections=2, connect_s=1.0, read_s=1.0, longest_transfer_s=0.5)  # entries last 2 s
+
+    def transfer(pinned: bool) -> Transfer:
+        return Transfer(url=f"http://{name}:{port}/a.jpg", host=name, port=port, pinned=pinned,
+                        addresses=[ip_address("127.0.0.1")] if pinned else [], deadline=time.monotonic() + 1.0,
+                        max_bytes=1 << 20, permit=lambda ip: None)
+    try:
+        first = transfer(pinned=True)
+        loop.run([first])
+        assert first.error is None and bytes(first.body) == JPEG
+        # A transfer without a pin of its own reads the cache: the first one connects by the pin; once the
+        # pin has expired the name (.invalid) resolves nowhere.
+        errors, pinned_at = [], time.monotonic()
+        while time.monotonic() - pinned_at < 15 and (not errors or errors[-1] is None):
+            unpinned = transfer(pinned=False)
+            loop.run([unpinned])
+            errors.append(unpinned.error)
+    finally:
+        loop.close()
+    assert errors[0] is None, errors  # the pin was in the cache at first ...
+    assert errors[-1] is not None, "... and still there 15 s later"
 
 
 def test_a_batch_uses_at_most_the_fetch_concurrency_in_connections_at_once(keep_alive_server):

@@ -97,8 +97,11 @@ def _ca_options() -> tuple[str | None, str | None]:
 class CurlLoop:
     """A thread that runs every transfer handed to it; :meth:`run` hands over a batch and waits for it."""
 
-    def __init__(self, max_connections: int, connect_s: float, read_s: float):
+    def __init__(self, max_connections: int, connect_s: float, read_s: float, longest_transfer_s: float = 60.0):
         self._connect_s, self._read_s = connect_s, read_s
+        # A transfer's pin must outlive its wait for a free connection: it is loaded when the transfer
+        # starts and read when it connects, both before its deadline.
+        self._pin_cache_s = math.ceil(longest_transfer_s) + 1
         self._cainfo, self._capath = _ca_options()  # read once, as the fetcher's TLS context was
         self._multi = pycurl.CurlMulti()
         # At most this many connections at once (the fetch concurrency); more transfers wait their turn.
@@ -244,14 +247,19 @@ class CurlLoop:
 
     def _finish(self, handle: pycurl.Curl, code: int | None) -> None:
         transfer, batch = self._active.pop(handle)
-        if transfer.error is None:
-            if code is not None:
-                transfer.error = _reason(code, transfer.deadline)
-            else:
-                _judge_response(transfer, handle)
-        self._multi.remove_handle(handle)
-        handle.close()
-        batch.one_done()
+        try:
+            if transfer.error is None:
+                if code is not None:
+                    transfer.error = _reason(code, transfer.deadline)
+                else:
+                    _judge_response(transfer, handle)
+        except Exception:  # one odd response fails its own transfer, never the loop nor its caller
+            log.warning("image_response_not_judged", exc_info=True)
+            transfer.error = "fetch_error"
+        finally:
+            self._multi.remove_handle(handle)
+            handle.close()
+            batch.one_done()  # the caller waits on this count: it must come down on every path
 
     def _abort_all(self) -> None:
         for handle, (transfer, batch) in list(self._active.items()):
@@ -267,7 +275,11 @@ class CurlLoop:
         h.setopt(pycurl.URL, t.url)
         if t.pinned:  # the name resolves to the checked addresses only: libcurl asks no resolver
             pins = ",".join(f"[{a}]" if a.version == 6 else str(a) for a in t.addresses)
-            h.setopt(pycurl.RESOLVE, [f"{t.host}:{t.port}:{pins}"])
+            # "+": a transient entry of the multi handle's DNS cache, pruned once older than the longest
+            # transfer; a plain entry would stay for the process's life, one per host ever fetched. Every
+            # transfer loads its own pin again, so an older one is never what a transfer connects by.
+            h.setopt(pycurl.RESOLVE, [f"+{t.host}:{t.port}:{pins}"])
+        h.setopt(pycurl.DNS_CACHE_TIMEOUT, self._pin_cache_s)  # the cache's age limit, read by every lookup
         h.setopt(pycurl.OPENSOCKETFUNCTION, lambda purpose, address: _open_checked(t, address))
         h.setopt(pycurl.PROXY, "")  # no proxy, whatever the environment says: it would connect for us
         h.setopt(pycurl.NOPROXY, "*")
@@ -329,15 +341,21 @@ def _judge_response(t: Transfer, handle: pycurl.Curl) -> None:
     """A completed response: an image to decode, a redirect for the fetcher to check, or the reason not."""
     status = handle.getinfo(pycurl.RESPONSE_CODE)
     if status in REDIRECTS:
-        location = handle.getinfo(pycurl.REDIRECT_URL)  # Location, made absolute against the URL
+        # Location, made absolute against the URL. Header bytes are the server's: read raw, as Latin-1
+        # (getinfo decodes UTF-8 and raises on anything else), and judged by the fetcher as any URL.
+        location = _header_text(handle.getinfo_raw(pycurl.REDIRECT_URL))
         if location:
             t.location = location
             t.body = bytearray()
             return
     if status != 200:
         t.error = f"http_{status}"
-    elif not (handle.getinfo(pycurl.CONTENT_TYPE) or "").split(";")[0].strip().lower().startswith("image/"):
+    elif not _header_text(handle.getinfo_raw(pycurl.CONTENT_TYPE)).split(";")[0].strip().lower().startswith("image/"):
         t.error = "not_an_image"
+
+
+def _header_text(raw: bytes | None) -> str:
+    return raw.decode("latin-1") if raw else ""
 
 
 def _on_body(t: Transfer, chunk: bytes) -> int | None:

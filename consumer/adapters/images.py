@@ -393,7 +393,8 @@ class ImageFetcher:
         self._guard = _Guard(settings.image_allowed_hosts, resolver)
         # No proxy, ever (the loop tells libcurl to use none, whatever the environment says): a proxy would
         # connect on our behalf and bypass the address check. Redirects are followed by hand, each hop checked.
-        self._loop = CurlLoop(workers, settings.image_connect_timeout_s, settings.image_read_timeout_s)
+        self._loop = CurlLoop(workers, settings.image_connect_timeout_s, settings.image_read_timeout_s,
+                              longest_transfer_s=settings.image_total_timeout_s)
         # DNS lookups of a batch's distinct names, and decoding in chunks (one per core at most).
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
         self._decoders = max(1, min(workers, os.cpu_count() or 1))
