@@ -187,6 +187,24 @@ def test_a_blocked_address_among_the_answers_refuses_the_fetch_before_connecting
     assert red.requests == []
 
 
+ODD_HOSTS = ["img%2eshelver.test", "127.1", "2130706433", "0x7f.0.0.1"]
+
+
+def test_a_host_libcurl_would_read_as_another_host_is_refused_before_any_lookup(two_servers):
+    """Regression: libcurl decodes "img%2eshelver.test" to img.shelver.test and reads "127.1" as 127.0.0.1,
+    so the guard pinned one name and libcurl resolved another itself, past the guard's resolver and deadline.
+    Port 0 was pinned as port 80."""
+    red, _, port = two_servers
+    dns = DnsServer({h: (lambda n: ["127.0.0.1"]) for h in ODD_HOSTS + [NAME]})
+    try:
+        with _fetcher(dns, total_s=2.0) as fetcher:
+            results = fetcher.fetch_many([f"http://{h}:{port}/a.jpg" for h in ODD_HOSTS] + [f"http://{NAME}:0/a.jpg"])
+        assert [r.error for r in results] == ["bad_url"] * 5
+        assert [dns.asked(h) for h in ODD_HOSTS + [NAME]] == [[]] * 5 and red.requests == []
+    finally:
+        dns.close()
+
+
 def test_an_unknown_name_is_a_dns_error():
     dns = DnsServer({})
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import re
 import threading
 import time
 import warnings
@@ -603,14 +604,29 @@ def _next_hop(current: httpx.URL, location: str, hops: int) -> httpx.URL:
     return hop
 
 
+# A host name the guard and libcurl read alike: letters, digits, "-" and "_" in dot-separated labels
+# (IDNs arrive as punycode). Anything else, such as a percent-escape, libcurl decodes into another name.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?", re.IGNORECASE)
+# A last label that is a number: libcurl reads the whole name as an IPv4 address ("127.1", "0x7f.0.0.1").
+_NUMBER_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
+
+
 def _checked_url(url: str) -> httpx.URL:
+    """The URL as the fetcher will check and pin it, or _Refused. Its host must mean the same to libcurl:
+    a name libcurl reads differently would be resolved by libcurl itself, past the guard's resolver and
+    deadline (its socket callback would still refuse a blocked address)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
         raise _Refused("bad_url") from None
     if parsed.scheme not in ("http", "https"):
         raise _Refused("bad_scheme")
-    if not parsed.host:
+    if not parsed.host or parsed.port == 0:  # port 0: the fetcher would pin port 80, libcurl would use 0
+        raise _Refused("bad_url")
+    host = parsed.raw_host.decode("ascii")
+    if not _is_literal(host) and (
+        not _HOST_NAME.fullmatch(host) or _NUMBER_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1])
+    ):
         raise _Refused("bad_url")
     return parsed
 
