@@ -1,7 +1,8 @@
 """Product image download: SSRF-safe, bounded in bytes, pixels, memory and time, and never raising on bad data.
 
 Image URLs come from sellers, so they are untrusted: only http(s) on ports 80/443 (other ports only
-when allow-listed); every resolved address of every hop (redirects are followed by hand, never from
+when allow-listed), with a host libcurl reads as the guard does (no percent-escapes, no numeric IPv4
+forms but the dotted quad); every resolved address of every hop (redirects are followed by hand, never from
 https down to http) must be public unless allow-listed, an IPv4 address embedded in an IPv6 one
 (IPv4-mapped, IPv4-compatible, NAT64, 6to4) judged as that IPv4 address; the connection goes to
 exactly the addresses that were checked (no second DNS lookup to rebind: the transfer is pinned to
