@@ -41,6 +41,10 @@ def test_password_file_round_trip_and_strict_lines(tmp_path):
     users = read_password_file(path)
     assert sorted(users) == ["alice", "bob"] and verify_password("pw3", users["alice"])
     assert path.stat().st_mode & 0o077 == 0
+    path.chmod(0o644)  # made readable by others some other way: the next change makes it private again
+    add_user(path, "carol", "pw4")
+    assert path.stat().st_mode & 0o077 == 0 and sorted(read_password_file(path)) == ["alice", "bob", "carol"]
+    assert [p.name for p in tmp_path.iterdir()] == ["reviewers"]  # no temporary file left behind
     with pytest.raises(PasswordFileError, match="bad name"):
         add_user(path, "bad name", "x")
     (tmp_path / "broken").write_text("# comment\n\nalice:plaintext\n")
@@ -62,6 +66,22 @@ def test_basic_auth_and_the_trusted_header_are_exclusive():
     assert proxied.identify({"x-forwarded-user": "dana"}) == "dana"
     assert proxied.identify(basic("alice", "pw")) is None
     assert proxied.identify({"x-forwarded-user": "no spaces allowed"}) is None
+    # A client's own header that a proxy appended to instead of replacing: refused, never the first one.
+    from starlette.datastructures import Headers
+    doubled = Headers(raw=[(b"x-forwarded-user", b"mallory"), (b"x-forwarded-user", b"dana")])
+    assert proxied.identify(doubled) is None
+    assert proxied.identify(Headers(raw=[(b"x-forwarded-user", b"dana")])) == "dana"
+
+
+def test_an_unknown_reviewer_name_costs_a_password_check_so_timing_tells_no_names(monkeypatch):
+    import consumer.review.auth as auth_module
+
+    checked = []
+    real = auth_module.verify_password
+    monkeypatch.setattr(auth_module, "verify_password", lambda pw, stored: checked.append(pw) or real(pw, stored))
+    auth = Authenticator({"alice": hash_password("pw", n=2**10)})
+    assert auth.identify(basic("eve", "guess")) is None
+    assert checked == ["guess"]  # a full scrypt check, as for a known name's wrong password
 
 
 def test_csrf_tokens_are_bound_to_the_reviewer_and_the_origin():
@@ -73,6 +93,7 @@ def test_csrf_tokens_are_bound_to_the_reviewer_and_the_origin():
     assert not csrf.check("alice", None, None, "review.local:8090")
     assert not csrf.check("alice", token, "http://evil.example", "review.local:8090")
     assert not csrf.check("alice", token, "null", "review.local:8090")
+    assert not csrf.check("alice", "é" * 64, None, "review.local:8090")  # refused, not an error
     assert Csrf().token("alice") != Csrf().token("alice")  # a key drawn per server
 
 

@@ -86,9 +86,19 @@ def add_user(path: Path, name: str, password: str) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [ln for ln in lines if ln.partition(":")[0].strip() != name]
     lines.append(f"{name}:{hash_password(password)}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    # A new 0600 file renamed over the old one: an existing file readable by others becomes private too,
+    # and a crash mid-write leaves the old file whole, never an empty one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -100,10 +110,15 @@ class Authenticator:
 
     def __post_init__(self) -> None:
         self._verified: dict[tuple[str, str], bool] = {}  # scrypt costs ~50 ms: remember recent answers
+        self._unknown_name_hash = ""  # what an unknown name is checked against (made on first use)
 
     def identify(self, headers) -> str | None:
         if self.trusted_header:
-            name = (headers.get(self.trusted_header) or "").strip()
+            values = headers.getlist(self.trusted_header) if hasattr(headers, "getlist") else [
+                headers.get(self.trusted_header)]
+            if len(values) != 1:  # a proxy that appends instead of replacing would let the client pick one
+                return None
+            name = (values[0] or "").strip()
             return name if valid_name(name) else None
         auth = headers.get("authorization") or ""
         scheme, _, value = auth.partition(" ")
@@ -113,9 +128,17 @@ class Authenticator:
             name, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (ValueError, binascii.Error, UnicodeDecodeError):
             return None
-        stored = self.users.get(name)
-        if not sep or stored is None:
+        if not sep:
             return None
+        stored = self.users.get(name)
+        if stored is None:  # an unknown name costs what a wrong password costs: timing names no reviewer
+            if not self._unknown_name_hash:
+                self._unknown_name_hash = hash_password(os.urandom(16).hex())
+            self._check(name, password, self._unknown_name_hash)
+            return None
+        return name if self._check(name, password, stored) else None
+
+    def _check(self, name: str, password: str, stored: str) -> bool:
         key = (name, hashlib.sha256(f"{stored}\0{password}".encode()).hexdigest())
         ok = self._verified.get(key)
         if ok is None:
@@ -123,7 +146,7 @@ class Authenticator:
             if len(self._verified) > 1024:
                 self._verified.clear()
             self._verified[key] = ok
-        return name if ok else None
+        return ok
 
 
 class Csrf:
@@ -141,7 +164,8 @@ class Csrf:
                 return False
         elif origin == "null":
             return False
-        return bool(token) and hmac.compare_digest(self.token(reviewer), token)
+        # bytes: compare_digest refuses str with non-ASCII characters (a 500 where a 403 is due)
+        return bool(token) and hmac.compare_digest(self.token(reviewer).encode(), token.encode())
 
 
 __all__ = ["Authenticator", "Csrf", "PasswordFileError", "add_user", "hash_password", "read_password_file",
