@@ -44,9 +44,10 @@ def free_port() -> int:
 class Console:
     """The review app with its queue and tally, served by uvicorn in a thread."""
 
-    def __init__(self, settings, users=USERS, trusted_header: str = "", lease_s: float = 300.0):
+    def __init__(self, settings, users=USERS, trusted_header: str = "", lease_s: float = 300.0,
+                 max_items: int | None = None):
         self.settings = settings
-        self.queue = ReviewQueue(settings, lease_s=lease_s).start()
+        self.queue = ReviewQueue(settings, lease_s=lease_s, max_items=max_items).start()
         self.tally = Tally(settings, Artifact(settings.resolved_artifact_dir()))
         self.tally.start()
         app = create_app(settings, self.queue, self.tally, Authenticator(users, trusted_header))
@@ -184,6 +185,31 @@ def test_two_reviewers_never_hold_the_same_item_and_accept_sends_the_models_cate
         got = corrections(s, 1)
         assert [(x.product_id, x.category, x.reviewer) for x in got] == [(product_of(a_page), "DRESS", "alice")]
         assert set(ids) == {product_of(a_page), product_of(b_page), product_of(c_page)}
+    finally:
+        console.close()
+
+
+def test_a_reviewer_who_skipped_every_held_item_gets_them_again_and_the_queue_moves_on(review_settings):
+    """Regression: skipped items stay held, so once a reviewer had skipped as many as the queue holds they got
+    nothing more, and the full queue read nothing new."""
+    s = review_settings
+    publish_for_review(s, 2)
+    console = Console(s, max_items=2)
+    try:
+        wait_for(lambda: console.queue.snapshot()["held"] == 2, 60, "two items held (the cap)")
+        first, first_page = console.wait_item("bob")
+        assert console.post("bob", first, action="skip").status_code == 303
+        second, _ = console.wait_item("bob")
+        assert second != first
+        assert console.post("bob", second, action="skip").status_code == 303
+        assert console.wait_item("bob")[0] == first  # nothing else is free: the oldest skipped comes back
+        assert console.post("bob", first, category="").status_code == 303
+        later = publish_for_review(s, 1, prefix="later")
+        wait_for(lambda: console.queue.snapshot()["held"] == 2, 60, "a new item read once there was room")
+        third, third_page = console.wait_item("bob")
+        assert third not in (first, second)  # an item bob has not skipped comes before the one he skipped
+        assert product_of(third_page) == later[0]
+        assert [x.product_id for x in corrections(s, 1)] == [product_of(first_page)]
     finally:
         console.close()
 

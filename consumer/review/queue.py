@@ -186,17 +186,20 @@ class ReviewQueue:
 
     # ---- what the pages call ------------------------------------------------------------------
     def next_for(self, reviewer: str) -> Item | None:
-        """The reviewer's current item (its lease renewed), else the oldest free one, leased to them."""
+        """The reviewer's current item (its lease renewed), else the oldest free one they have not skipped,
+        else the oldest free one they skipped: skipped items stay held, so a reviewer who skipped every held
+        item would otherwise get nothing, and the queue, full of them, would read nothing new."""
         now = time.monotonic()
         with self._lock:
             mine = [it for it in self._items.values() if it.holder == reviewer and (it.lease_until > now or it.deciding)]
             if mine:
                 item = mine[0]
             else:
-                free = [it for it in self._items.values() if it.free(now) and reviewer not in it.skipped_by]
+                free = [it for it in self._items.values() if it.free(now)]
                 if not free:
                     return None
-                item = min(free, key=lambda it: (it.record.processed_at, it.partition, it.offset))
+                item = min(free, key=lambda it: (reviewer in it.skipped_by, it.record.processed_at, it.partition,
+                                                 it.offset))
                 item.holder = reviewer
             item.lease_until = now + self.lease_s
             return item
