@@ -141,3 +141,26 @@ def test_an_unreachable_group_coordinator_at_the_final_commit_still_exits_within
           f"rc={svc.rc}")
     assert svc.rc == 1 and "offset commit not done within 3 s" in svc.failure
     assert took < 3 + 25  # before: librdkafka's synchronous commit waited for the coordinator indefinitely
+
+
+
+def test_while_delivery_reports_are_held_back_the_batches_in_flight_stay_bounded_and_polling_goes_on(
+        settings, image_base):
+    """Regression: nothing counted the batches produced and waiting for their delivery reports, so while they
+    did not come (a stalled output topic: librdkafka retries for message.timeout.ms) the loop went on forming
+    batches, each holding its messages and pixels: 1,565 batches after 3 s with a producer that never reported."""
+    # Reports held back from outside: the producer lingers a minute before sending anything.
+    s = settings(max_batch_size=2, max_batch_wait_ms=10, drain_timeout_s=2, kafka_options={"linger.ms": "60000"})
+    publish(s, make_events(200, image_base))
+    svc, t = run_service(s, TinyCategorizer())
+    try:
+        wait_for(lambda: len(svc.inflight) >= svc.max_inflight, 120, "the in-flight cap to be reached")
+        looped_at = svc.polled_at
+        wait_for(lambda: svc.polled_at > looped_at + 2, 60, "two more seconds of polling at the cap")
+        assert len(svc.inflight) == svc.max_inflight and svc.seq == svc.max_inflight  # no batch formed past it
+        assert svc.completed == 0 and svc.failure is None  # nothing delivered yet, and the service is not failing
+    finally:
+        svc.stop()
+        t.join(90)
+    assert not t.is_alive() and svc.rc == 1  # the drain gave up at its deadline, the reports still held back
+    assert sum(committed(s).values()) == 0  # and nothing undelivered was committed

@@ -35,6 +35,10 @@ log = get_logger("shelver.service")
 _MIN_HELD_PER_PARTITION = 16  # events held per partition before it is paused, whatever the batch size
 _POLL_CAP_S = 0.5  # longest single consume(); bounds how late stop requests and commits are noticed
 _BUSY_POLL_S, _QUEUE_WAIT_S = 0.01, 0.05  # consume() with batches in flight; a full inference queue
+# Batches produced and waiting for their delivery reports, beyond those queued for inference. While the output
+# topic stalls (librdkafka retries for message.timeout.ms) no batch is formed past this: events wait in the
+# batcher, whose partitions flow control pauses, so memory stays bounded and polling goes on.
+_AWAITING_DELIVERY = 8
 
 
 class Service(Rebalancing):
@@ -58,6 +62,7 @@ class Service(Rebalancing):
                                                         key=lambda it: it.tp)
         self.worker = InferenceWorker(settings.pipeline_depth, self.metrics.heartbeats)
         self.inflight: deque[Batch] = deque()  # formed, not yet delivered, in consume order
+        self.max_inflight = settings.pipeline_depth + 1 + _AWAITING_DELIVERY  # queued + inferring + produced
         self.ledger = CommitLedger()  # which offsets may be committed (delivered prefix per partition)
         self.schedule = CommitSchedule(self.delivery.commit_interval_s)  # when they are
         self.fetch_pool = ThreadPoolExecutor(settings.pipeline_depth + 1, thread_name_prefix="fetch")
@@ -100,7 +105,8 @@ class Service(Rebalancing):
                 self._accept(msgs)
                 self.polled_at = time.monotonic()
                 # An idle model (nothing queued for it) takes whatever is waiting, without a batch window.
-                while self.batcher.ready(time.monotonic(), idle=self.worker.idle()) and not self.worker.full():
+                while (self.batcher.ready(time.monotonic(), idle=self.worker.idle()) and not self.worker.full()
+                       and len(self.inflight) < self.max_inflight):  # bounded memory while deliveries stall
                     self._submit(self.batcher.take())
             self._drain()
             log.info("stopped", events=self.completed)
