@@ -35,10 +35,6 @@ log = get_logger("shelver.service")
 _MIN_HELD_PER_PARTITION = 16  # events held per partition before it is paused, whatever the batch size
 _POLL_CAP_S = 0.5  # longest single consume(); bounds how late stop requests and commits are noticed
 _BUSY_POLL_S, _QUEUE_WAIT_S = 0.01, 0.05  # consume() with batches in flight; a full inference queue
-# Batches produced and waiting for their delivery reports, beyond those queued for inference. While the output
-# topic stalls (librdkafka retries for message.timeout.ms) no batch is formed past this: events wait in the
-# batcher, whose partitions flow control pauses, so memory stays bounded and polling goes on.
-_AWAITING_DELIVERY = 8
 
 
 class Service(Rebalancing):
@@ -54,7 +50,7 @@ class Service(Rebalancing):
         self.metrics.attach(self)
         self.consumer = make_consumer(settings, {**self.metrics.consumer_config(settings.stats_interval_ms),
                                                  **(consumer_extra or {})})
-        self.max_events, self.idle_exit_s = max_events, idle_exit_s
+        self.max_events, self.idle_exit_s, self.t_start = max_events, idle_exit_s, time.perf_counter()
         self.builder = RecordBuilder.from_settings(settings, self.codec, categorizer)
         self.failure: str | None = None
         self.delivery = make_delivery(settings, self.builder, self.metrics, self._fail, self._commit_completed)
@@ -62,15 +58,13 @@ class Service(Rebalancing):
                                                         key=lambda it: it.tp)
         self.worker = InferenceWorker(settings.pipeline_depth, self.metrics.heartbeats)
         self.inflight: deque[Batch] = deque()  # formed, not yet delivered, in consume order
-        self.max_inflight = settings.pipeline_depth + 1 + _AWAITING_DELIVERY  # queued + inferring + produced
+        self.max_inflight = settings.pipeline_depth + 9  # queued, inferring, 8 awaiting reports: a stalled output's bound
         self.ledger = CommitLedger()  # which offsets may be committed (delivered prefix per partition)
         self.schedule = CommitSchedule(self.delivery.commit_interval_s)  # when they are
         self.fetch_pool = ThreadPoolExecutor(settings.pipeline_depth + 1, thread_name_prefix="fetch")
-        self.stopping = threading.Event()
-        self.partitions = Partitions()
+        self.stopping, self.partitions = threading.Event(), Partitions()
         self.high = max(settings.max_batch_size, _MIN_HELD_PER_PARTITION)  # held before a pause (tiny batches: prefetch)
         self.pauses = self.seq = self.completed = 0  # pauses: benchmarks; completed: events delivered and committed
-        self.t_start = time.perf_counter()
         self.last_message: float | None = None  # idle clock; starts at the first assignment
         self.polled_at = time.monotonic()  # when consume() last returned: the group's view of our liveness
 
@@ -106,7 +100,7 @@ class Service(Rebalancing):
                 self.polled_at = time.monotonic()
                 # An idle model (nothing queued for it) takes whatever is waiting, without a batch window.
                 while (self.batcher.ready(time.monotonic(), idle=self.worker.idle()) and not self.worker.full()
-                       and len(self.inflight) < self.max_inflight):  # bounded memory while deliveries stall
+                       and len(self.inflight) < self.max_inflight):
                     self._submit(self.batcher.take())
             self._drain()
             log.info("stopped", events=self.completed)
