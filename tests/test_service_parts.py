@@ -317,6 +317,37 @@ def test_transactional_aborts_a_round_with_a_refused_record_and_resends_it_repla
     assert [o.kind for o in batch.outs] == ["dlq"] and second.sent[0][0] == "dlq" and settled == [1]
 
 
+def test_transactional_replaces_a_record_refused_before_it_left_and_then_its_replacement_refused_by_the_broker():
+    """Regression: the dead letter replacing a result refused before it left was sent in the same round; when the
+    broker refused that dead letter too, its cut-down copy was keyed by the dead letter, not by the result in
+    batch.outs, so every round re-sent the result and met the same two refusals: an endless abort-and-retry."""
+    batch = one_result_batch()
+    whole_event = len(batch.items[0].msg.value())
+
+    class Refusing(Producer):  # the result is too big for the client; the DLQ topic takes no whole event
+        rounds = 0
+
+        def begin_transaction(self, *a):
+            Refusing.rounds += 1
+            assert Refusing.rounds <= 10, "still aborting and re-sending after 10 rounds"
+
+        def produce(self, topic, value, key=None, headers=None, on_delivery=None):
+            if topic == "out":
+                raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(value or b"") >= whole_event else None
+            self.sent.append((topic, value))
+            self.pending.append((on_delivery, err))
+
+    p = Refusing()
+    d, failures, settled = delivery(Transactional, p)
+    d._new_producer = lambda: p
+    d.emit(batch)
+    assert settled == [1] and failures == []
+    [dead_letter] = batch.outs
+    assert dead_letter.kind == "dlq" and 0 <= dead_letter.kept < whole_event  # the cut-down copy went out
+    assert Refusing.rounds == 3  # result → whole dead letter → cut-down dead letter
+
+
 def test_transactional_fails_when_a_round_has_a_pipeline_error_and_aborts_an_open_transaction_at_close():
     p = Producer(refuse={"out": KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)})
     d, _, settled = delivery(Transactional, p)

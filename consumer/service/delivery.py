@@ -161,7 +161,8 @@ class Transactional(Delivery):
     def emit(self, batch: Batch) -> None:
         """The batch's records, then (in ``commit``) its offsets, in one transaction.
 
-        A record refused for itself alone in a delivery report dooms the transaction: it is aborted,
+        A record refused for itself alone (in a delivery report, or by produce() before it left) dooms the
+        transaction: it is aborted,
         the producer replaced (librdkafka leaves the refused partition unusable in that epoch), and
         the batch re-sent with that record replaced (each round replaces at least one, and
         replacements only shrink, so this ends)."""
@@ -211,9 +212,10 @@ class Transactional(Delivery):
                 log.warning("abort failed; the broker aborts it on timeout or at our restart", error=str(exc))
 
     def _refused(self, batch: Batch, out: Out, err: KafkaError, reported: bool) -> None:
-        if not reported:  # refused before it left: replaced within this same transaction
-            return super()._refused(batch, out, err, reported)
-        # the transaction is doomed: replace in the next round (emit)
+        # Refused before it left or in a report, alike: the round is doomed and the record is replaced in the
+        # next one (emit), so every swap is keyed by a record of batch.outs. (A replacement sent within the
+        # round and then refused by the broker was keyed by itself: the next round sent the original again
+        # and met the same refusals, forever.)
         replacement = self.builder.replacement(out, err) if dead_letters.is_record_error(err) else None
         log.warning("record refused in a transaction", topic=out.topic, kind=out.kind,
                     error=dead_letters.describe(err), replaced=replacement is not None)
