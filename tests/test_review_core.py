@@ -170,3 +170,6 @@ def test_review_command_refuses_to_start_without_an_authentication_method(tmp_pa
     assert out.returncode == 0 and verify_password("pw", read_password_file(tmp_path / "pw")["alice"])
     out = run({"SHELVER_REVIEW_PASSWORD_FILE": str(tmp_path / "pw"), "SHELVER_STARTUP_TIMEOUT_S": "1"})
     assert out.returncode == 1 and "not reachable" in out.stderr  # checks the broker before serving
+    out = run({"SHELVER_REVIEW_PASSWORD_FILE": str(tmp_path / "pw"), "SHELVER_KAFKA_OPTIONS": '{"socket.timeout.ms": "soon"}'})
+    assert out.returncode == 2 and "configuration error" in out.stderr  # one line, as `shelver consume` says it
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -39,12 +39,16 @@ def main(settings: Settings, add_user: str | None = None) -> int:
         except PasswordFileError as exc:
             return fail(f"configuration error: {exc}")
     from consumer.adapters.admin import StartupError, check_startup
+    from consumer.config import ConfigError
+    from consumer.logs import Scrubber
     from consumer.review.app import serve
 
     try:
         check_startup(settings, topics=[settings.review_topic, settings.corrections_topic])
-    except StartupError as exc:
-        return fail(f"start-up check failed: {exc}", 1)
+    except ConfigError as exc:  # e.g. a librdkafka option it refuses: one line and exit 2, as `consume`
+        return fail(f"configuration error: {exc}")
+    except StartupError as exc:  # librdkafka's text is quoted: scrub it like a log line, as `consume`
+        return fail(Scrubber(settings.secret_values())(f"start-up check failed: {exc}"), 1)
     log.info("review console", host=settings.review_host, port=settings.review_port,
              auth="trusted header" if settings.review_trusted_header else "basic")
     return serve(settings)
