@@ -161,11 +161,10 @@ class Transactional(Delivery):
     def emit(self, batch: Batch) -> None:
         """The batch's records, then (in ``commit``) its offsets, in one transaction.
 
-        A record refused for itself alone (in a delivery report, or by produce() before it left) dooms the
-        transaction: it is aborted,
-        the producer replaced (librdkafka leaves the refused partition unusable in that epoch), and
-        the batch re-sent with that record replaced (each round replaces at least one, and
-        replacements only shrink, so this ends)."""
+        A record refused for itself alone (in a delivery report, or by produce() before it left) dooms
+        the transaction: it is aborted, the producer replaced (librdkafka leaves the refused partition
+        unusable in that epoch), and the batch re-sent with that record replaced (each round replaces at
+        least one, and replacements only shrink, so this ends)."""
         idle_rounds = 0  # rounds that failed only because an earlier failure purged their records
         while True:
             self._txn(self.producer.begin_transaction)
