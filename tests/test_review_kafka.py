@@ -214,6 +214,35 @@ def test_a_reviewer_who_skipped_every_held_item_gets_them_again_and_the_queue_mo
         console.close()
 
 
+def test_a_review_record_pointing_at_another_products_event_shows_no_text_and_its_correction_carries_none(
+        review_settings):
+    """Regression: the event at the review record's source offset was taken as the product's whatever its id
+    (a recreated source topic holds other products at the same offsets), so the correction carried another
+    product's text under this product's id, and every instance learned from that text."""
+    s = review_settings
+    [real] = publish_for_review(s, 1)
+    [rec_msg] = read_topic(s, s.review_topic, 1)
+    codec = make_codec(None)
+    ghost = CategoryAssigned.from_avro(codec.decode(rec_msg.value(), "category_assigned", s.review_topic))
+    ghost = ghost.model_copy(update={"product_id": "ghost-1"})  # same source offset, another product
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers})
+    producer.produce(s.review_topic, codec.encode(ghost.to_avro(), "category_assigned", s.review_topic), b"ghost-1")
+    producer.flush(30)
+    console = Console(s)
+    try:
+        wait_for(lambda: console.queue.snapshot()["held"] == 2, 60, "two items held")
+        first, first_page = console.wait_item("alice")
+        assert product_of(first_page) == real and "Striped cotton shirt" in first_page
+        assert console.post("alice", first, category="").status_code == 303
+        second, page = console.wait_item("alice")
+        assert product_of(page) == "ghost-1" and "no longer available" in page and "Striped cotton" not in page
+        assert console.post("alice", second, category="").status_code == 303
+        got = {c.product_id: c for c in corrections(s, 2)}
+        assert got[real].text.startswith("Striped cotton shirt") and got["ghost-1"].text is None
+    finally:
+        console.close()
+
+
 def test_restart_mid_queue_neither_repeats_nor_loses_a_decision(review_settings):
     s = review_settings
     ids = publish_for_review(s, 6)

@@ -179,7 +179,12 @@ class ReviewQueue:
                     continue
                 if msg.offset() != record.source_offset:
                     return None  # compacted or deleted: the next record is another product
-                return ProductEvent.from_avro(self.codec.decode(msg.value(), "product_event", msg.topic()))
+                event = ProductEvent.from_avro(self.codec.decode(msg.value(), "product_event", msg.topic()))
+                if event.product_id != record.product_id:  # e.g. the topic was recreated: another product now
+                    log.warning("review item points at another product's event", product_id=record.product_id,
+                                found=event.product_id, source=f"{tp.topic}[{tp.partition}]@{tp.offset}")
+                    return None  # its text would go out in this product's correction
+                return event
         except (KafkaException, WireFormatError, ValueError) as exc:
             log.warning("product of a review item unavailable", product_id=record.product_id, error=str(exc)[:200])
         return None
