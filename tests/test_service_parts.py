@@ -105,6 +105,22 @@ def test_decode_keeps_poison_with_its_reason_and_arrival_falls_back_to_now():
     assert abs(arrival(Msg(b"", ts=(TIMESTAMP_NOT_AVAILABLE, 0))) - time.time()) < 5
 
 
+def test_a_partition_whose_producer_clock_runs_ahead_is_not_starved_by_a_backlog_elsewhere():
+    """Regression: batches take the oldest record timestamps first, and a partition stamped an hour ahead was
+    never the oldest while another partition kept a backlog: 0 of its records taken."""
+    from consumer.batching import MicroBatcher
+
+    batcher = MicroBatcher(max_size=4, max_wait_s=0.0, key=lambda m: m.partition())
+    taken = []
+    for r in range(20):  # every 100 ms partition 0 brings 4 records, partition 1 (its clock 1 h ahead) 1
+        now = 1_000_000.0 + r / 10
+        msgs = [Msg(b"", partition=0, ts=(TIMESTAMP_CREATE_TIME, int((now - 0.01) * 1000))) for _ in range(4)]
+        msgs.append(Msg(b"", partition=1, ts=(TIMESTAMP_CREATE_TIME, int((now + 3600) * 1000))))
+        batcher.add(msgs, now, [arrival(m, now) for m in msgs])
+        taken += [m.partition() for m in batcher.take()]  # 4 a round: a backlog builds up
+    assert taken.count(1) >= 12  # its records take their turn by when they were received
+
+
 def test_records_a_result_per_event_a_review_under_the_threshold_and_a_dead_letter_per_poison():
     builder = RecordBuilder.from_settings(settings(review_topic="review"), CODEC, Model())
     assert builder.review_threshold == 0.5  # the model's default when the setting is unset

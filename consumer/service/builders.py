@@ -28,10 +28,13 @@ def decode(codec, msg: Message) -> Item:
     return item
 
 
-def arrival(msg: Message) -> float:
-    """When the message reached Kafka (its timestamp), or now when it has none: batches take the oldest first."""
+def arrival(msg: Message, now: float | None = None) -> float:
+    """When the message reached Kafka (its timestamp), or now when it has none: batches take the oldest first.
+    A timestamp in the future (a producer whose clock runs ahead) counts as now: taken as it is, its
+    partition's records would always be the newest and wait while the others had a backlog."""
     kind, ts = msg.timestamp()
-    return ts / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else time.time()
+    now = time.time() if now is None else now
+    return min(ts / 1000, now) if kind != TIMESTAMP_NOT_AVAILABLE else now
 
 
 @dataclass(frozen=True)
