@@ -203,6 +203,27 @@ def test_failed_delivery_stops_without_committing(settings, model, image_base):
     assert svc.completed == 0 and sum(committed(s).values()) == 0  # the group will redeliver all six
 
 
+def test_an_event_the_model_cannot_score_goes_to_the_dlq_and_its_batch_neighbours_are_categorized(settings, image_base):
+    class FailsOnOneText(TinyCategorizer):  # fault injection: a real model that raises on one product's text
+        def categorize(self, texts, images):
+            if any("unreadable" in t for t in texts):
+                raise ValueError("tensor shape mismatch")
+            return super().categorize(texts, images)
+
+    # Before: the batch failed, the service stopped without committing, and every restart met it again.
+    s = settings(max_batch_size=8)
+    events = make_events(7, image_base)
+    bad = ProductEvent(product_id="unreadable", title="unreadable top", event_time=datetime.now(timezone.utc))
+    publish(s, [*events[:3], bad, *events[3:]])
+    out = consume_all(s, FailsOnOneText(), 8, n_results=7)
+    assert sorted(r.product_id for r in out) == sorted(e.product_id for e in events)
+    (dead,) = read_topic(s, s.dlq_topic, 1)
+    headers = {k: v.decode() for k, v in dead.headers()}
+    assert dead.key() == b"unreadable" and headers["error"] == "inference_failed"
+    assert headers["error_reason"] == "ValueError: tensor shape mismatch"
+    assert sum(committed(s).values()) == 8  # the poison event's offset is committed with its dead letter
+
+
 @pytest.mark.slow
 def test_inference_longer_than_max_poll_interval_keeps_the_member_in_the_group(settings, image_base):
     class Slow(TinyCategorizer):

@@ -51,13 +51,15 @@ class Model:
     model_version, taxonomy_version, image_size = "m1", "t1", (32, 32)
     default_review_threshold = 0.5
 
-    def __init__(self, confidence=0.9, fail=False):
-        self.confidence, self.fail, self.calls = confidence, fail, []
+    def __init__(self, confidence=0.9, fail=False, poison=None):
+        self.confidence, self.fail, self.poison, self.calls = confidence, fail, poison, []
 
     def categorize(self, texts, images):
         self.calls.append((list(texts), list(images)))
         if self.fail:
             raise ValueError("boom")
+        if self.poison and any(self.poison in t for t in texts):
+            raise ValueError(f"cannot read {self.poison}")
         return [Decision("dresses", 0.1, (("tops", 0.5),), False, True, self.confidence) for _ in texts]
 
 
@@ -474,6 +476,37 @@ def test_infer_scores_the_good_events_and_records_a_failure_on_the_batch():
     assert len(batch.decisions) == 1 and batch.error is None and batch.model.calls[0][0] == ["Floral midi dress"]
     failed = scored_batch([decode(CODEC, event_msg())], Model(fail=True))
     assert failed.error == "inference failed: ValueError: boom"
+
+
+def titled_msg(pid: str, title: str, offset: int) -> Msg:
+    return Msg(CODEC.encode(event(pid, title=title).to_avro(), "product_event", "in"), key=pid.encode(), offset=offset)
+
+
+def test_an_event_the_model_fails_on_alone_is_dead_lettered_and_the_rest_of_its_batch_gets_results():
+    items = [decode(CODEC, titled_msg(f"p-{i}", t, i)) for i, t in enumerate(["Midi dress", "POISON top", "Jeans"])]
+    batch = scored_batch(items, Model(poison="POISON"))
+    assert batch.error is None and batch.decisions[1] is None and None not in (batch.decisions[0], batch.decisions[2])
+    outs = RecordBuilder(CODEC, "out", "dlq").records(batch)
+    assert [(o.kind, o.item.msg.offset()) for o in outs] == [("result", 0), ("dlq", 1), ("result", 2)]
+    headers = dict(outs[1].headers)
+    assert headers["error"] == b"inference_failed" and headers["error_reason"] == b"ValueError: cannot read POISON"
+    assert outs[1].value == items[1].msg.value()  # the original bytes, to replay once the model is fixed
+    assert batch.summary(time.perf_counter(), 3, 1.0)["dlq"] == 1
+
+
+def test_a_lone_event_the_model_fails_on_is_dead_lettered_when_the_model_scores_the_canary():
+    batch = scored_batch([decode(CODEC, titled_msg("p-0", "POISON top", 0))], Model(poison="POISON"))
+    assert batch.error is None and batch.decisions == [None]
+    assert [o.kind for o in RecordBuilder(CODEC, "out", "dlq").records(batch)] == ["dlq"]
+
+
+def test_a_model_that_fails_on_every_event_and_on_the_canary_fails_the_batch_and_dead_letters_nothing():
+    model = Model(fail=True)
+    batch = scored_batch([decode(CODEC, titled_msg(f"p-{i}", "Midi dress", i)) for i in range(3)], model)
+    assert batch.error == "inference failed: ValueError: boom"
+    assert all(it.error is None for it in batch.items)
+    assert [len(texts) for texts, _ in model.calls] == [3, 1, 1, 1, 1]  # the batch, each event, the canary
+    assert model.calls[-1][1][0].shape == (32, 32, 3)  # the canary's white image, at the model's size
 
 
 def test_the_worker_scores_batches_in_order_and_marks_them_inferred():

@@ -66,6 +66,9 @@ class RecordBuilder:
                 outs.append(self.dead_letter(it, it.error.code, it.error.reason))
                 continue
             decision, (_, image_error) = next(decided)
+            if decision is None:  # the model failed on this event alone (`worker.isolate`): a dead letter says why
+                outs.append(self.dead_letter(it, it.error.code, it.error.reason))
+                continue
             msg = it.msg
             record = scoring.result(
                 it.event, decision, image_error, batch.model,

@@ -82,7 +82,8 @@ class Batch:
         images, fetch_s = self.images.result() if self.images else ([], 0.0)
         total = now - self.started + self.decode_s
         return dict(
-            seq=self.seq, events=len(self.good), dlq=len(self.items) - len(self.good),
+            seq=self.seq, events=sum(1 for i in self.items if i.error is None),
+            dlq=sum(1 for i in self.items if i.error is not None),
             images_ok=sum(1 for img, _ in images if img is not None),
             images_failed=sum(1 for img, e in images if img is None and e != "no_url"),
             decode_ms=round(self.decode_s * 1e3, 1), fetch_ms=round(fetch_s * 1e3, 1),

@@ -3,29 +3,74 @@
 Batches come in through a bounded queue (``pipeline_depth``; the loop keeps serving Kafka while it
 is full) and go back through an unbounded one that the main thread drains between polls. A failure
 is recorded on the batch (``batch.error``) for the main thread to act on; the thread never stops on it.
+
+A batch the model fails on is scored again one event at a time (``isolate``), so one event the model
+cannot read goes to the dead-letter topic instead of failing its batch on every restart (a crash loop).
+Only when the model also fails on a plain canary product is the fault the model's, and the batch fails.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Sequence
+
+import numpy as np
 
 from consumer import scoring
 from consumer.service.records import Batch
 
+CANARY_TEXT = "Cotton crew-neck T-shirt"  # any plain product: a model that cannot score it is broken
+
+
+def _categorize(model, texts: Sequence[str], pixels: Sequence) -> list:
+    decisions = model.categorize(texts, pixels)
+    if len(decisions) != len(texts):
+        raise RuntimeError(f"{len(decisions)} decisions for {len(texts)} events")
+    return decisions
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def isolate(model, texts: Sequence[str], pixels: Sequence, failure: Exception) -> tuple[list, dict[int, str]]:
+    """After the model failed on a whole batch (``failure``): each event scored alone. Returns the decisions
+    (None where the event failed alone) and why each failed. Raises ``failure`` when the model fails on a
+    plain canary too (text and a white image): then nothing is the events' fault and nothing is dead-lettered."""
+    decisions, failed = [], {}
+    for i, (text, px) in enumerate(zip(texts, pixels)):
+        try:
+            decisions += _categorize(model, [text], [px])
+        except Exception as exc:  # noqa: BLE001 - judged below, against the canary
+            decisions.append(None)
+            failed[i] = _why(exc)
+    if len(failed) == len(texts):  # every event failed alone: is the model broken, or the events?
+        try:
+            white = np.full((*model.image_size, 3), 255, np.uint8)
+            _categorize(model, [CANARY_TEXT], [white])
+        except Exception:  # noqa: BLE001 - the model's fault: the batch fails, nothing goes to the DLQ
+            raise failure from None
+    return decisions, failed
+
 
 def infer(batch: Batch) -> None:
-    """Score the batch's good events with the batch's own model: ``decisions`` and ``infer_s``, or ``error``."""
+    """Score the batch's good events with the batch's own model: ``decisions`` and ``infer_s``, or ``error``.
+    An event the model fails on alone keeps a None decision and its reason (``inference_failed``) in
+    ``item.error``: its record is a dead letter (`RecordBuilder.records`)."""
     try:
         images, _ = batch.images.result()
         t0 = time.perf_counter()
-        batch.decisions = batch.model.categorize([scoring.text_of(i.event) for i in batch.good],
-                                                [img for img, _ in images])
+        texts, pixels = [scoring.text_of(i.event) for i in batch.good], [img for img, _ in images]
+        try:
+            batch.decisions = _categorize(batch.model, texts, pixels)
+        except Exception as exc:  # noqa: BLE001 - the model or one event: `isolate` tells which
+            batch.decisions, failed = isolate(batch.model, texts, pixels, exc)
+            for i, why in failed.items():
+                batch.good[i].error = scoring.InvalidEvent("inference_failed", why)
         batch.infer_s = time.perf_counter() - t0
-        if len(batch.decisions) != len(batch.good):
-            raise RuntimeError(f"{len(batch.decisions)} decisions for {len(batch.good)} events")
     except Exception as exc:
-        batch.error = f"inference failed: {type(exc).__name__}: {exc}"
+        batch.error = f"inference failed: {_why(exc)}"
 
 
 class InferenceWorker:
