@@ -322,6 +322,21 @@ class Settings(BaseSettings):
                                   "the others without a decision")
     review_max_items: int = Field(200, ge=1, description="review items one `shelver review` holds before it "
                                   "pauses reading")
+    review_public_origin: str = Field("", description="the origin reviewers' browsers open the console at, "
+                                      "`scheme://host[:port]` (e.g. `https://review.example.com`), for a reverse "
+                                      "proxy that rewrites `Host`: a POST's `Origin` must be it (empty: the "
+                                      "request's `Host`)")
+
+    @field_validator("review_public_origin")
+    @classmethod
+    def _origin_form(cls, v: str):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v.strip())
+        if v and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/")
+                  or parts.query or parts.fragment or "@" in parts.netloc):
+            raise ValueError(f"{v!r} is not an origin: scheme://host[:port], nothing after it")
+        return f"{parts.scheme}://{parts.netloc}".lower() if v else ""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from consumer.config import Settings
 from consumer.review.auth import (Authenticator, Csrf, PasswordFileError, add_user, hash_password,
                                   read_password_file, verify_password)
 from consumer.review.charts import bar_chart, column_chart
@@ -95,6 +97,26 @@ def test_csrf_tokens_are_bound_to_the_reviewer_and_the_origin():
     assert not csrf.check("alice", token, "null", "review.local:8090")
     assert not csrf.check("alice", "é" * 64, None, "review.local:8090")  # refused, not an error
     assert Csrf().token("alice") != Csrf().token("alice")  # a key drawn per server
+
+
+def test_a_configured_public_origin_is_the_only_origin_a_post_may_come_from():
+    csrf = Csrf(b"k" * 32, public_origin="https://review.example.com")
+    token, upstream = csrf.token("alice"), "10.0.0.5:8090"  # the Host a rewriting proxy sends
+    assert csrf.check("alice", token, "https://review.example.com", upstream)
+    assert csrf.check("alice", token, "HTTPS://Review.Example.com/", upstream)
+    assert csrf.check("alice", token, None, upstream)  # no Origin (an older browser): the token decides
+    assert not csrf.check("alice", token, "http://review.example.com", upstream)
+    assert not csrf.check("alice", token, "http://10.0.0.5:8090", upstream)
+    assert not csrf.check("alice", token, "https://review.example.com.evil.example", upstream)
+
+
+@pytest.mark.parametrize("bad", ["review.example.com", "https://review.example.com/console", "ftp://review.example.com",
+                                 "https://user@review.example.com", "https://review.example.com?x=1"])
+def test_a_public_origin_that_is_not_scheme_host_port_is_refused_at_start(bad):
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings(bootstrap_servers="localhost:1", review_public_origin=bad)
+    assert Settings(bootstrap_servers="localhost:1",
+                    review_public_origin="HTTPS://Review.Example.com/").review_public_origin == "https://review.example.com"
 
 
 def test_ledger_commits_the_first_open_offset_and_names_finished_ones_above_it():

@@ -330,6 +330,36 @@ def test_trusted_proxy_header_only_when_switched_on(review_settings):
         console.close()
 
 
+def test_behind_a_proxy_that_rewrites_host_a_post_from_the_public_origin_is_accepted_and_others_are_refused(
+        review_settings):
+    # The proxy serves https://review.example.com and forwards with its upstream's Host (127.0.0.1:port);
+    # before the setting, every browser post there was refused (Origin never matched Host).
+    s = review_settings.model_copy(update={"review_public_origin": "https://review.example.com"})
+    publish_for_review(s, 1)
+    console = Console(s, users={}, trusted_header="X-Forwarded-User")
+    try:
+        who = {"X-Forwarded-User": "dana"}
+
+        def shown():
+            text = console.http.get("/", headers=who).text
+            m = re.search(r'data-item="([0-9]+-[0-9]+)"', text)
+            return (m.group(1), text) if m else None
+
+        item, page = wait_for(shown, 60, "an item for dana")
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        for origin in (console.base, "http://review.example.com", "https://evil.example"):  # Host's, wrong scheme, foreign
+            r = console.http.post(f"/items/{item}/decide", data={"csrf": token, "category": "TOPS"},
+                                  headers={**who, "Origin": origin})
+            assert r.status_code == 403, origin
+        r = console.http.post(f"/items/{item}/decide", data={"csrf": token, "category": "TOPS"},
+                              headers={**who, "Origin": "https://review.example.com"})
+        assert r.status_code == 303
+        (got,) = corrections(s, 1)  # one partition: a refused post would have published before it
+        assert got.reviewer == "dana" and got.category == "TOPS"
+    finally:
+        console.close()
+
+
 def test_an_expired_lease_moves_the_item_and_the_old_holder_cannot_decide_it(review_settings):
     s = review_settings
     publish_for_review(s, 1)

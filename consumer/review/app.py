@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
 
 def create_app(settings: Settings, queue: ReviewQueue, tally: Tally, authenticator: Authenticator,
                csrf: Csrf | None = None) -> Starlette:
-    csrf = csrf or Csrf()
+    csrf = csrf or Csrf(public_origin=settings.review_public_origin)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def reviewer_of(request: Request) -> str:

@@ -12,7 +12,8 @@ Two ways to know a reviewer, chosen by the settings:
 The identity found here is the ``reviewer`` of every correction; nothing the client posts can change it.
 
 CSRF: every form carries a token bound to the reviewer (HMAC of the name under a key drawn at start),
-and a POST is refused unless the token matches and any ``Origin`` header names this host.
+and a POST is refused unless the token matches and any ``Origin`` header names this host (behind a proxy
+that rewrites ``Host``: the configured ``review_public_origin``).
 """
 from __future__ import annotations
 
@@ -152,15 +153,19 @@ class Authenticator:
 class Csrf:
     """Tokens bound to the reviewer, under a key drawn when the server starts."""
 
-    def __init__(self, key: bytes | None = None):
+    def __init__(self, key: bytes | None = None, public_origin: str = ""):
         self._key = key or os.urandom(32)
+        self.public_origin = public_origin.lower()  # "scheme://host[:port]"; empty: compare with Host
 
     def token(self, reviewer: str) -> str:
         return hmac.new(self._key, reviewer.encode(), hashlib.sha256).hexdigest()
 
     def check(self, reviewer: str, token: str | None, origin: str | None, host: str | None) -> bool:
         if origin and origin != "null":
-            if urlsplit(origin).netloc != (host or ""):
+            if self.public_origin:  # behind a proxy the Host it sends is its upstream's, not the browser's
+                if origin.lower().rstrip("/") != self.public_origin:
+                    return False
+            elif urlsplit(origin).netloc.lower() != (host or "").lower():
                 return False
         elif origin == "null":
             return False
