@@ -322,6 +322,8 @@ class Settings(BaseSettings):
                                   "the others without a decision")
     review_max_items: int = Field(200, ge=1, description="review items one `shelver review` holds before it "
                                   "pauses reading")
+    review_dashboard_max_products: int = Field(100_000, ge=1, description="reviewed products the dashboard keeps "
+                                               "in memory, newest first (older ones leave its numbers)")
     review_public_origin: str = Field("", description="the origin reviewers' browsers open the console at, "
                                       "`scheme://host[:port]` (e.g. `https://review.example.com`), for a reverse "
                                       "proxy that rewrites `Host`: a POST's `Origin` must be it (empty: the "

@@ -17,7 +17,7 @@ from consumer.review.auth import (Authenticator, Csrf, PasswordFileError, add_us
                                   read_password_file, verify_password)
 from consumer.review.charts import bar_chart, column_chart
 from consumer.review.ledger import PartitionLedger, decode_done, encode_done
-from consumer.review.stats import Decision, summarize, total_variation
+from consumer.review.stats import Decision, Newest, summarize, total_variation
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "consumer" / "review" / "static"
@@ -195,3 +195,15 @@ def test_review_command_refuses_to_start_without_an_authentication_method(tmp_pa
     out = run({"SHELVER_REVIEW_PASSWORD_FILE": str(tmp_path / "pw"), "SHELVER_KAFKA_OPTIONS": '{"socket.timeout.ms": "soon"}'})
     assert out.returncode == 2 and "configuration error" in out.stderr  # one line, as `shelver consume` says it
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_the_dashboards_memory_keeps_only_the_newest_products_and_a_rewrite_counts_as_new():
+    kept = Newest(3)
+    for pid in ["a", "b", "c", "d"]:
+        kept[pid] = pid.upper()
+    assert list(kept) == ["b", "c", "d"]  # "a", the oldest, left
+    kept["b"] = "B2"  # a second correction of b: now the newest
+    kept["e"] = "E"
+    assert list(kept.items()) == [("d", "D"), ("b", "B2"), ("e", "E")]
+    kept.pop("d")  # a tombstone withdraws a correction
+    assert list(kept) == ["b", "e"] and dict(kept) == {"b": "B2", "e": "E"}

@@ -313,6 +313,30 @@ def test_dashboard_and_taxonomy_pages_show_the_decisions(review_settings):
         console.close()
 
 
+def test_the_dashboard_counts_only_the_newest_products_it_may_keep(review_settings):
+    s = review_settings.model_copy(update={"review_dashboard_max_products": 1})
+    publish_for_review(s, 2)
+    console = Console(s)
+    try:
+        for who, category in (("alice", "TOPS"), ("bob", "SKIRT")):
+            item, _ = console.wait_item(who)
+            assert console.post(who, item, category=category).status_code == 303
+        tally = console.tally
+
+        def kept() -> list[str]:
+            with tally._lock:
+                return [d.category for d in tally.corrections.values()]
+        wait_for(lambda: "SKIRT" in kept(), 30, "the tally to read bob's decision, the newer one")
+        assert kept() == ["SKIRT"]  # alice's, the older, left the tally's memory (kept before: both)
+        with tally._lock:
+            assert len(tally.model_choice) == 1
+        tally.summary(max_age_s=0)  # the page below shows this summary (cached for 2 s)
+        text = console.http.get("/dashboard", headers=basic("alice")).text
+        assert '<p class="big" id="decisions">1</p>' in text
+    finally:
+        console.close()
+
+
 def test_trusted_proxy_header_only_when_switched_on(review_settings):
     s = review_settings
     publish_for_review(s, 1)

@@ -1,8 +1,9 @@
 """What the dashboard and the taxonomy page show, read from the topics (never committing).
 
 A `Tally` thread reads the review, corrections and taxonomy topics from the beginning with a throwaway
-reader and keeps: the model's category per reviewed product, the latest correction per product, and the
-latest taxonomy published for the artifact's model. `Tally.summary` turns that into the dashboard's
+reader and keeps: the model's category per reviewed product, the latest correction per product (each for
+the ``review_dashboard_max_products`` newest products, so memory stays bounded however long the topics
+are), and the latest taxonomy published for the artifact's model. `Tally.summary` turns that into the dashboard's
 numbers (pure, in `summarize`). The review lag comes from the review group's committed offsets (finished
 offsets named in the commit metadata count as done); the current ``taxonomy_version`` from the newest
 result on the output topic.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,6 +62,20 @@ def summarize(model_choice: dict[str, str], decisions: list[Decision], now: date
             "accuracy": accuracy, "decisions": len(decisions)}
 
 
+class Newest(OrderedDict):
+    """A map that keeps only its ``limit`` most recently written keys (a rewrite counts as new)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 def total_variation(a: np.ndarray, b: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(a, float) - np.asarray(b, float)).sum())
 
@@ -85,8 +100,8 @@ class Tally(threading.Thread):
         self.codec = make_codec(settings.schema_registry_url, settings.schema_registry_options)
         self._lock = threading.Lock()
         self._halt = threading.Event()
-        self.model_choice: dict[str, str] = {}
-        self.corrections: dict[str, Decision] = {}
+        self.model_choice: dict[str, str] = Newest(settings.review_dashboard_max_products)
+        self.corrections: dict[str, Decision] = Newest(settings.review_dashboard_max_products)
         self.published: TaxonomyPublished | None = None
         self._cache: tuple[float, dict] | None = None
         self.topics = [t for t in (settings.review_topic, settings.corrections_topic, settings.taxonomy_topic) if t]
@@ -244,4 +259,4 @@ def latest_result(settings: Settings, timeout: float = 3.0) -> dict | None:
         c.close()
 
 
-__all__ = ["Artifact", "Decision", "Tally", "latest_result", "review_lag", "summarize", "total_variation"]
+__all__ = ["Artifact", "Decision", "Newest", "Tally", "latest_result", "review_lag", "summarize", "total_variation"]
