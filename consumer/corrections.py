@@ -16,12 +16,19 @@ matter), so all instances converge to the same decision rule and stamp the same 
 with one reference assignment; the inference thread reads it once per batch, so a batch never mixes
 two versions.
 
-Abuse guard: a correction naming a category the current taxonomy does not know (nor carries from a
-renamed/merged one), or carrying no usable distribution and no text, goes to the DLQ (header
-``error``: ``unknown_category``, ``no_distribution``, ``undecodable``). Only records that arrive
-while the instance runs are sent there (offset >= the end offset seen at start), so a restart does not
-re-send old ones; with N instances running, each sends its own copy. Each reviewer's total weight is
-capped (see `models.correction_rule.reviewer_weights`).
+Abuse guard: a correction carrying no usable distribution (finite, over this model's labels) and no
+text, or undecodable, goes to the DLQ (header ``error``: ``no_distribution``, ``undecodable``) and
+withdraws the product's earlier correction, as compaction will. A correction naming a category the
+current taxonomy does not know (nor carries from a renamed/merged one) is reported there too
+(``unknown_category``) but kept: the rules skip it, and it counts once a taxonomy names the category,
+whichever of the two records was read first. Only records that arrive while the instance runs are sent
+to the DLQ (offset >= the end offset seen at start), so a restart does not re-send old ones; with N
+instances running, each sends its own copy. Each reviewer's total weight is capped (see
+`models.correction_rule.reviewer_weights`).
+
+A reader error that is not fatal is logged and reading goes on; a record the schema registry cannot
+decode for now (``RegistryUnavailable``) is read again after a back-off, never skipped, since skipping
+it on one instance would leave that instance's rule different from the others'.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from consumer.adapters.kafka_io import make_producer, make_reader, produce
 from consumer.logs import get_logger
 from models.correction_rule import Adapter, Correction, corrected_projections, fit_adapter, projection_version
 from schemas import CategoryCorrected, TaxonomyPublished
-from schemas.wire import WireFormatError, make_codec
+from schemas.wire import RegistryUnavailable, WireFormatError, make_codec
 
 log = get_logger("shelver.corrections")
 
@@ -80,6 +87,8 @@ class ProjectionState:
         if d is None or rec.model_version != self.model_version or len(d) != self.n_labels:
             return None
         p = np.clip(np.asarray(d, dtype=np.float64), 0.0, None)
+        if not np.isfinite(p).all():  # an inf would normalize to NaN, a bias toward its category for every product
+            return None
         return p / p.sum() if p.sum() > 0 else None
 
     def put(self, rec: CategoryCorrected, p: np.ndarray) -> None:
@@ -132,6 +141,7 @@ class ProjectionUpdater(threading.Thread):
         self.dlq_sent = 0
         self._live_from: dict[tuple[str, int], int] = {}
         self._behind: set[tuple[str, int]] = set()
+        self.registry_backoff_s = 0.0  # > 0 after a record the registry could not decode yet: wait, then reread it
 
     def _assign(self) -> None:
         parts = []
@@ -158,6 +168,8 @@ class ProjectionUpdater(threading.Thread):
         try:
             self._assign()
             while not self.stopping.is_set():
+                if self.registry_backoff_s:
+                    self.stopping.wait(self.registry_backoff_s)
                 msgs = self.consumer.consume(500, 0.5)
                 if self._handle(msgs):
                     self._apply()
@@ -179,20 +191,27 @@ class ProjectionUpdater(threading.Thread):
     def _handle(self, msgs) -> bool:
         changed = False
         pending: dict[str, CategoryCorrected] = {}  # product id -> latest correction that needs the text model
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             key = (msg.topic(), msg.partition())
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     self._behind.discard(key)
-                    continue
-                raise RuntimeError(f"reading {msg.topic()}: {msg.error()}")
-            live = msg.offset() >= self._live_from.get(key, 0)
+                elif msg.error().fatal():
+                    raise RuntimeError(f"reading {msg.topic()}: {msg.error()}")
+                else:  # librdkafka retries on its own (a broker restart, a leader move)
+                    log.warning("corrections reader error; reading goes on", error=str(msg.error()))
+                continue
+            try:
+                if msg.topic() == self.s.taxonomy_topic:
+                    changed |= self._taxonomy(msg)
+                else:
+                    changed |= self._correction(msg, msg.offset() >= self._live_from.get(key, 0), pending)
+            except RegistryUnavailable as exc:
+                self._reread_from(msgs[i:], exc)
+                break
+            self.registry_backoff_s = 0.0
             if msg.offset() + 1 >= self._live_from.get(key, 0):
                 self._behind.discard(key)
-            if msg.topic() == self.s.taxonomy_topic:
-                changed |= self._taxonomy(msg)
-            else:
-                changed |= self._correction(msg, live, pending)
         if pending:  # corrections that came with text only: the text model supplies the distribution
             tm = self.model.artifact.text_model
             for rec in pending.values():
@@ -202,9 +221,23 @@ class ProjectionUpdater(threading.Thread):
             changed = True
         return changed
 
+    def _reread_from(self, unread, exc: Exception) -> None:
+        """Seek every partition back to its first record not handled yet, and back off before reading again."""
+        first: dict[tuple[str, int], int] = {}
+        for m in unread:
+            if not m.error():
+                first.setdefault((m.topic(), m.partition()), m.offset())
+        for (topic, part), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, part, offset))
+        self.registry_backoff_s = min(30.0, max(0.5, 2 * self.registry_backoff_s))
+        log.warning("schema registry unavailable; the record will be read again", error=str(exc)[:200],
+                    retry_in_s=self.registry_backoff_s)
+
     def _taxonomy(self, msg) -> bool:
         try:
             rec = TaxonomyPublished.from_avro(self.codec.decode(msg.value(), "taxonomy_published", msg.topic()))
+        except RegistryUnavailable:
+            raise  # not the record's fault: read again (`_handle`)
         except Exception as exc:
             log.warning("undecodable taxonomy record ignored", offset=msg.offset(), error=str(exc)[:200])
             return False
@@ -222,19 +255,29 @@ class ProjectionUpdater(threading.Thread):
         try:
             rec = CategoryCorrected.from_avro(self.codec.decode(msg.value(), "category_corrected", msg.topic()))
         except (WireFormatError, ValueError) as exc:
-            return self._reject(msg, live, "undecodable", str(exc))
-        if not self.state.base.known(rec.category):
-            return self._reject(msg, live, "unknown_category", f"{rec.category!r} is not in taxonomy "
-                                                               f"{self.state.base.version}")
+            return self._withdraw(msg, pending, (msg.key() or b"").decode(errors="replace"), live, "undecodable",
+                                  str(exc))
         p = self.state.distribution(rec)
+        if p is None and not rec.text:
+            return self._withdraw(msg, pending, rec.product_id, live, "no_distribution",
+                                  "no finite source_distribution for this model and no text")
+        if not self.state.base.known(rec.category):  # kept all the same: a later taxonomy may name it
+            self._reject(msg, live, "unknown_category", f"{rec.category!r} is not in taxonomy {self.state.base.version}")
         pending.pop(rec.product_id, None)  # a later record of the same product replaces an earlier one
         if p is not None:
             self.state.put(rec, p)
             return True
-        if rec.text:
-            pending[rec.product_id] = rec
-            return False
-        return self._reject(msg, live, "no_distribution", "no source_distribution for this model and no text")
+        pending[rec.product_id] = rec
+        return False
+
+    def _withdraw(self, msg, pending: dict, product_id: str, live: bool, code: str, reason: str) -> bool:
+        """A product's newest record is unusable: its earlier correction no longer holds (compaction will
+        keep only this record, so an instance starting later has none either)."""
+        pending.pop(product_id, None)
+        had = product_id in self.state.corrections
+        self.state.remove(product_id)
+        self._reject(msg, live, code, reason)
+        return had
 
     def _reject(self, msg, live: bool, code: str, reason: str) -> bool:
         log.warning("correction rejected", code=code, reason=reason[:200], offset=msg.offset(), live=live)
