@@ -284,12 +284,13 @@ class Settings(BaseSettings):
         if v is not None:
             try:  # ops-metrics: a symlink or a pointer file naming the folder is accepted too
                 target = resolve_artifact_pointer(v)
-            except OSError as exc:
-                raise ValueError(f"artifact pointer {v} is unreadable: {exc.strerror}") from None
-            shown = v if target == v.resolve() else f"{target} (named by {v})"
-            if not target.is_dir():
+                shown = v if target == v.resolve() else f"{target} (named by {v})"
+                is_dir, has_manifest = target.is_dir(), (target / "manifest.json").is_file()
+            except OSError as exc:  # a symlink loop, a name too long, a pointer that is not one
+                raise ValueError(f"artifact pointer {v} is unreadable: {exc.strerror or exc}") from None
+            if not is_dir:
                 raise ValueError(f"folder {shown} does not exist")
-            if not (target / "manifest.json").is_file():
+            if not has_manifest:
                 raise ValueError(f"{shown} has no manifest.json (not a trained artifact folder)")
         return v
 

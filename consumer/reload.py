@@ -66,7 +66,7 @@ class ModelReloader:
             return None
         try:
             return self._pointer()
-        except OSError as exc:  # e.g. a pointer being rewritten: try again next round
+        except Exception as exc:  # noqa: BLE001 - a pointer being rewritten or broken: try again next round
             log.warning("artifact pointer unreadable", error=str(exc))
             return self._target if hasattr(self, "_target") else None
 

@@ -83,8 +83,17 @@ def newest_artifact(root: Path = ARTIFACTS_DIR) -> Path:
 
 def resolve_artifact_pointer(path: Path) -> Path:
     """A pointer file holds one line: the artifact folder (relative paths from the file's folder).
-    Symlinks are resolved, so a swapped link is seen as a new target."""
-    if path.is_file():
-        target = Path(path.read_text().strip())
-        path = target if target.is_absolute() else path.parent / target
-    return path.resolve()
+    Symlinks are resolved, so a swapped link is seen as a new target.
+    Anything unreadable (a symlink loop, a name too long, bytes that are not UTF-8, a file that is not a
+    pointer) raises ``OSError`` with the reason, so callers handle one kind of error."""
+    try:
+        if path.is_file():
+            with path.open("rb") as f:
+                raw = f.read(4097)
+            if len(raw) > 4096 or b"\0" in raw:
+                raise OSError(f"{path} is not a pointer file (one line naming an artifact folder)")
+            target = Path(raw.decode("utf-8").strip())
+            path = target if target.is_absolute() else path.parent / target
+        return path.resolve()
+    except (RuntimeError, ValueError) as exc:  # a symlink loop (3.11); UnicodeDecodeError is a ValueError
+        raise OSError(f"{path}: {exc}") from None

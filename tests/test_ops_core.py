@@ -309,6 +309,49 @@ def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
         r.close()
 
 
+@pytest.mark.parametrize("broken", ["symlink loop", "pointer file not UTF-8"])
+def test_a_pointer_broken_for_a_while_keeps_the_current_model_and_reloading_goes_on(tmp_path, broken):
+    a, b = _artifact(tmp_path, "a", None), _artifact(tmp_path, "b", None)
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    s = Settings(artifact_dir=link)
+
+    def load():
+        return Model(json.loads((s.resolved_artifact_dir() / "manifest.json").read_text())["version"])
+
+    current = load()
+    r = ModelReloader(load, s.resolved_artifact_dir, poll_s=0.05).start()
+    try:
+        tmp = tmp_path / "next"
+        if broken == "symlink loop":  # a mistaken repoint: `ln -sfn current next && mv -T next current`
+            tmp.symlink_to("current")
+        else:
+            tmp.write_bytes(b"\xff\xfe a\n")
+        tmp.replace(link)
+        assert r._resolve() == a.resolve()  # before: RuntimeError / UnicodeDecodeError, and the thread died
+        tmp.symlink_to(b)
+        tmp.replace(link)  # the operator's fix
+        _await(lambda: r._ready is not None)
+        assert r.swap(current).model_version == "b" and r._thread.is_alive()
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("broken", ["symlink loop", "pointer file not UTF-8", "pointer file too long"])
+def test_an_unreadable_artifact_pointer_is_a_one_line_configuration_error(tmp_path, monkeypatch, broken):
+    from consumer.config import ConfigError, load_settings
+
+    pointer = tmp_path / "current"
+    if broken == "symlink loop":
+        pointer.symlink_to("current")
+    else:
+        pointer.write_bytes(b"\xff\xfe\n" if broken == "pointer file not UTF-8" else b"a" * 10_000)
+    monkeypatch.setenv("SHELVER_ARTIFACT_DIR", str(pointer))
+    with pytest.raises(ConfigError, match="artifact pointer .* is unreadable") as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("port", ["-1", "70000"])
 def test_metrics_port_out_of_range_is_a_configuration_error(monkeypatch, port):
     from pydantic import ValidationError
