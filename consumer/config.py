@@ -114,7 +114,9 @@ def _with_suggestion(name: str, known: set[str]) -> str:
 
 class Settings(BaseSettings):
     # extra="forbid": unknown keyword arguments and config-file keys are errors (env vars are looked up per field).
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+    # allow_inf_nan=False: "inf" would pass every `gt=0` timeout as an unbounded wait
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      allow_inf_nan=False)
 
     # Kafka
     bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers")
@@ -240,7 +242,7 @@ class Settings(BaseSettings):
     corrections_temperature: float = Field(default=0.3, gt=0, description="power a corrected product's "
                                            "distribution is raised to (then renormalized) before it is averaged "
                                            "into its category; 1 = plain mean")
-    corrections_catchup_timeout_s: float = Field(60.0, description="at start, longest wait to read corrections "
+    corrections_catchup_timeout_s: float = Field(60.0, gt=0, description="at start, longest wait to read corrections "
                                                  "and taxonomy to their end")
 
     log_level: LogLevel = Field("INFO", description="structlog JSON logs on stderr, one line per batch with "
@@ -263,10 +265,24 @@ class Settings(BaseSettings):
     @field_validator("kafka_options", "schema_registry_options", mode="before")
     @classmethod
     def _options_as_strings(cls, v):
-        """librdkafka takes every value as a string; accept JSON numbers and booleans for convenience."""
+        """librdkafka takes every value as a string; accept JSON numbers and booleans for convenience, except
+        for a secret: YAML reads an unquoted `0755123` as the octal number 252499, a silently wrong password."""
         if isinstance(v, dict):
+            from consumer.secrets import is_secret_key
+
+            for k, x in v.items():
+                if is_secret_key(k) and not isinstance(x, str):
+                    raise ValueError(f"{k} must be a quoted string (YAML reads an unquoted value as a number)")
             return {k: (str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
                     for k, x in v.items()}
+        return v
+
+    @field_validator("schema_registry_options")
+    @classmethod
+    def _registry_numbers_parse(cls, v: dict):  # the client wants numbers: a bad one fails here, at start-up
+        from schemas.wire import registry_numbers
+
+        registry_numbers(v)
         return v
 
     @field_validator("image_allowed_hosts")
@@ -338,7 +354,7 @@ class Settings(BaseSettings):
         parts = urlsplit(v.strip())
         if v and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/")
                   or parts.query or parts.fragment or "@" in parts.netloc):
-            raise ValueError(f"{v!r} is not an origin: scheme://host[:port], nothing after it")
+            raise ValueError("not an origin: scheme://host[:port], no user info, nothing after it")
         return f"{parts.scheme}://{parts.netloc}".lower() if v else ""
 
     @classmethod
@@ -390,7 +406,8 @@ def _origin(field: str) -> str:
     return f"{field} (in {path})" if path else field
 
 
-_NO_ECHO = ("artifact_dir", "kafka_options", "schema_registry_options", "schema_registry_url", "bootstrap_servers")
+_NO_ECHO = ("artifact_dir", "kafka_options", "schema_registry_options", "schema_registry_url", "bootstrap_servers",
+            "review_public_origin")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -14,7 +14,9 @@ _SECRET_KEYS = (
     "password", "secret", "token", "user.info", "userinfo", "credential", "key.pem", "private",
     "keystore", "sasl.oauthbearer.config", "sasl.jaas.config", "api.key",
 )
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>[^/@\s,]+)@")
+# After a scheme, user info runs to the "@" (a comma is legal in it); without one, commas separate the
+# addresses of a bootstrap list.
+_URL_USERINFO = re.compile(r"(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/@\s]+)|(?P<bare>[^/@\s,]+))@")
 # The query string of an http(s) URL: presigned image URLs carry their signature and credential there.
 _URL_QUERY = re.compile(r"(?P<base>\bhttps?://[^\s\"'<>?#\\]*)\?[^\s\"'<>#\\]*", re.IGNORECASE)
 MASK = "***"
@@ -48,7 +50,7 @@ def userinfo_secrets(text: str) -> set[str]:
     """The user info of every URL in ``text``, and the password part alone."""
     out = set()
     for m in _URL_USERINFO.finditer(text):
-        info = m.group("userinfo")
+        info = m.group("info") or m.group("bare")
         out.add(info)
         if ":" in info:
             out.add(info.split(":", 1)[1])

@@ -7,6 +7,7 @@ compatible producers decode to the same dict shape. Anything undecodable raises 
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Iterable, Protocol
 
@@ -94,9 +95,24 @@ class SingleObjectCodec:
 
 
 _SERIALIZER_KEYS = {"auto.register.schemas", "normalize.schemas", "use.latest.version"}
-# Answers about the registry rather than about the schema id asked for: 401/403 (credentials), 408/429,
-# 5xx. A 404 (unknown id) or 422 (unreadable schema) makes the event itself undecodable.
-_NOT_POISON = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+# The client takes these as numbers; settings (environment, YAML) give strings.
+NUMERIC_OPTIONS = ("timeout", "max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity",
+                   "cache.latest.ttl.sec")
+# Seconds per registry request unless `timeout` is configured: the client's own default is none, so a
+# registry that accepts the connection and never answers would hold a decode (and the service) for good.
+# With the client's 3 retries and their waits, one decode is bounded by about 4 x 5 + 7 s.
+DEFAULT_TIMEOUT_S = 5.0
+SCHEMA_NOT_FOUND = 40403  # the registry's own answer for an unknown schema id
+
+
+def registry_fault(exc: SchemaRegistryError) -> bool:
+    """True when the error is about the registry, not about the schema id asked for: credentials (401/403),
+    408/429, any 5xx, or a 404 that is not the registry's "schema not found" (a proxy's missing route).
+    Only an unknown id (40403) or an unreadable schema (422) makes the event itself undecodable."""
+    status = exc.http_status_code
+    if status == 404:
+        return exc.error_code != SCHEMA_NOT_FOUND
+    return status in (401, 403, 408, 429) or status >= 500 or status < 0
 _mock_clients: dict[str, SchemaRegistryClient] = {}
 
 
@@ -118,10 +134,10 @@ class RegistryCodec:
         try:
             return self._deserializers[schema](data, SerializationContext(topic, MessageField.VALUE))
         except SchemaRegistryError as exc:
-            if exc.http_status_code in _NOT_POISON:  # the registry did not answer about this schema id
+            if registry_fault(exc):  # the registry did not answer about this schema id
                 raise RegistryUnavailable(f"schema registry: {exc}") from exc
             raise WireFormatError(f"undecodable registry-framed {schema}: {type(exc).__name__}: {exc}") from exc
-        except httpx.HTTPError as exc:  # connection refused, DNS, TLS, timeout
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:  # refused, DNS, TLS, timeout; a page that is not JSON
             raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # SerializationError, fastavro errors
             raise WireFormatError(f"undecodable registry-framed {schema}: {type(exc).__name__}: {exc}") from exc
@@ -131,9 +147,28 @@ def _bool(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
+def registry_numbers(registry_options: dict | None) -> dict[str, float | int]:
+    """The numeric client options as numbers; ``ValueError`` names one that is not a positive number
+    (checked when the settings load, so a bad value is a configuration error before anything heavy)."""
+    out = {}
+    for key in NUMERIC_OPTIONS:
+        if key in (registry_options or {}):
+            raw = registry_options[key]
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (value >= 0 and value != float("inf")) or (key == "timeout" and value == 0):
+                raise ValueError(f"schema registry option {key}={raw!r} is not a positive number")
+            out[key] = value if key == "timeout" else int(value)
+    return out
+
+
 def _client_conf(schema_registry_url: str, registry_options: dict | None) -> tuple[dict, dict]:
     options = dict(registry_options or {})
     serializer_conf = {k: _bool(options.pop(k)) for k in list(options) if k in _SERIALIZER_KEYS}
+    options.update(registry_numbers(options))
+    options.setdefault("timeout", DEFAULT_TIMEOUT_S)
     return {"url": schema_registry_url, **options}, serializer_conf
 
 
@@ -154,9 +189,9 @@ def check_registry(schema_registry_url: str | None, registry_options: dict | Non
             return
         except SchemaRegistryError as exc:
             why = f"HTTP {exc.http_status_code}: {exc.error_message}"
-            if exc.http_status_code not in _NOT_POISON:  # it answered, and will answer the same again
+            if not registry_fault(exc):  # it answered, and will answer the same again
                 raise RegistryUnavailable(why) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
             why = f"{type(exc).__name__}: {exc}"
         except (ValueError, TypeError) as exc:  # the client refuses the configuration itself
             raise RegistryUnavailable(f"bad registry configuration: {exc}") from None
@@ -184,5 +219,5 @@ def make_codec(schema_registry_url: str | None, registry_options: dict | None = 
 
 __all__ = [
     "AvroCodec", "RegistryCodec", "RegistryUnavailable", "SingleObjectCodec", "WireFormatError", "check_registry",
-    "make_codec", "rabin_fingerprint",
+    "make_codec", "rabin_fingerprint", "registry_fault", "registry_numbers",
 ]

@@ -155,3 +155,14 @@ def test_mask_url(url, expected):
 def test_scrubber_masks_raw_and_json_escaped_secrets():
     scrub = Scrubber(['pa"ss', "hunter2"])
     assert scrub('{"error": "login hunter2 failed", "pw": "pa\\"ss"}') == '{"error": "login *** failed", "pw": "***"}'
+
+
+def test_a_comma_in_a_urls_password_does_not_leave_part_of_it_unmasked():
+    # Before: user info stopped at the comma (meant for bootstrap lists), so "svc:Pa" reached the log.
+    s = Settings(schema_registry_url="https://svc-shelver:Pa,ssw0rd-42@registry.example.com",
+                 bootstrap_servers="kuser:kp1@broker-a:9093,broker-b:9093")
+    shown = json.dumps(s.redacted())
+    assert "registry.example.com" in shown and "broker-b:9093" in shown
+    for secret in ("svc-shelver", "Pa,ssw0rd-42", "Pa,", "kp1"):
+        assert secret not in shown
+    assert {"Pa,ssw0rd-42", "kp1"} <= set(s.secret_values())
