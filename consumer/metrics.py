@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import sys
 import threading
 import time
@@ -273,6 +274,7 @@ _PROBES = {"/startupz": "startup", "/livez": "liveness", "/healthz": "liveness",
 
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
+    timeout = 5  # seconds per socket read or write: a client that stalls mid-request lets its thread go
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
@@ -298,8 +300,37 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS`` at once (more are closed at once): probes and
+    scrapers need a few; anyone else who can reach the port must not grow the service's threads."""
+
     daemon_threads = True
     metrics: Metrics
+    MAX_CONNECTIONS = 32
+    request_queue_size = 64  # the listen backlog: past the cap, connections are closed rather than left waiting
+
+    def __init__(self, address, handler):
+        if ":" in address[0]:  # an IPv6 address ("::", "::1")
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # the client sees the connection closed and retries later
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (a timed-out probe) is not news; anything else goes to the JSON log."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            log.warning("metrics endpoint request failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def serve(metrics: Metrics, host: str, port: int) -> _Server:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import consumer.config as config
 from consumer.config import Settings
 from models.paths import resolve_artifact_pointer
-from consumer.metrics import Heartbeats, Metrics, image_outcome, parse_consumer_lag, readiness_problems
+from consumer.metrics import Heartbeats, Metrics, image_outcome, parse_consumer_lag, readiness_problems, serve
 from consumer.reload import ModelReloader
 
 # Shape of librdkafka's statistics JSON (trimmed): topics → partitions → consumer_lag.
@@ -110,6 +110,43 @@ def test_probe_endpoints_startupz_livez_healthz_and_readyz_answer_their_own_ques
         metrics.heartbeats.beat()
         assert get("/startupz") == (200, {"status": "ok", "problems": []}) and get("/livez")[0] == 200
         assert get("/readyz")[0] == 503  # models not loaded, group not joined
+    finally:
+        server.shutdown()
+
+
+def test_stalled_clients_hold_at_most_a_few_threads_for_a_few_seconds_and_the_probes_answer_after(capfd):
+    import socket
+    import urllib.request
+
+    server = serve(Metrics(stall_s=120), "127.0.0.1", 0)
+    port, cap = server.server_address[1], server.MAX_CONNECTIONS
+    clients = []
+    try:
+        for _ in range(cap + 20):  # request lines whose headers never end (slowloris)
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"GET /livez HTTP/1.1\r\n")
+            c.settimeout(10)
+            clients.append(c)
+        # Past the cap a connection is closed at once (before: one thread each, held for good).
+        refused = sum(1 for c in clients[cap:] if c.recv(1) == b"")
+        assert refused == 20 and server._slots._value == 0
+        _await(lambda: server._slots._value == cap, timeout=15)  # the stalled ones time out after 5 s
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        for c in clients:
+            c.close()
+        server.shutdown()
+    assert "Traceback" not in capfd.readouterr().err  # a client that went away is not a traceback on stderr
+
+
+def test_the_metrics_endpoint_binds_an_ipv6_address():
+    import urllib.request
+
+    server = serve(Metrics(), "::1", 0)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.server_address[1]}/metrics", timeout=5) as r:
+            assert r.status == 200 and b"shelver_" in r.read()
     finally:
         server.shutdown()
 
