@@ -80,3 +80,47 @@ def test_categorize_downloads_the_next_batch_while_the_model_scores_this_one(tmp
     assert Scoring.overlapped[0] is True
     out = [CategoryAssigned.model_validate_json(x) for x in dst.getvalue().splitlines()]
     assert [o.product_id for o in out] == ["p0", "p1", "p2", "p3"] and all(o.image_used for o in out)
+
+
+def test_lines_that_are_not_utf8_nested_too_deeply_or_unreadable_by_the_model_are_their_own_errors(tmp_path):
+    # Before: each of these ended the run with a traceback, and the results before it were never written.
+    class FailsOnOne(TinyCategorizer):
+        def categorize(self, texts, images):
+            if any("unreadable" in t for t in texts):
+                raise ValueError("tensor shape mismatch")
+            return super().categorize(texts, images)
+
+    t = "2024-05-01T10:00:00Z"
+    lines = [json.dumps({"product_id": f"p{i}", "title": "Blue shirt", "event_time": t}).encode() for i in range(3)]
+    lines[1:1] = [b'{"product_id": "x", "title": "caf\xe9"}', b"[" * 100_000,
+                  json.dumps({"product_id": "u", "title": "unreadable top", "event_time": t}).encode()]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rc = main(["categorize", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
+              load_categorizer=lambda settings: FailsOnOne())
+    assert rc == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o.get("error") for o in out] == [None, "undecodable", "undecodable", "inference_failed", None, None]
+    assert "not UTF-8" in out[1]["error_reason"] and "nested too deeply" in out[2]["error_reason"]
+    assert out[3] == {"line": 3, "error": "inference_failed", "error_reason": "ValueError: tensor shape mismatch"}
+    assert [o.get("product_id") for o in out] == ["p0", None, None, None, "p1", "p2"]
+
+
+def test_the_output_is_never_the_input_and_a_failed_run_leaves_an_existing_output_as_it_was(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"product_id": "a", "title": "Blue shirt", "event_time": "2024-05-01T10:00:00Z"}) + "\n")
+    before = data.read_bytes()
+    rc = main(["categorize", "--input", str(data), "--output", str(data)], load_categorizer=lambda s: TinyCategorizer())
+    assert rc == 2 and data.read_bytes() == before  # before: emptied, exit 0
+    assert "is the input file" in capsys.readouterr().err
+    previous = tmp_path / "out.jsonl"
+    previous.write_text("yesterday's results\n")
+
+    def broken(settings):
+        raise RuntimeError("the artifact could not be loaded")
+
+    try:
+        main(["categorize", "--input", str(data), "--output", str(previous)], load_categorizer=broken)
+    except RuntimeError:
+        pass
+    assert previous.read_text() == "yesterday's results\n"  # before: truncated before the model loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left

@@ -72,6 +72,33 @@ def test_doctor_fails_on_a_schema_registry_that_does_not_answer_as_consume_does(
     assert "reg-pw-9a9a" not in captured.out + captured.err
 
 
+def test_a_client_option_librdkafka_refuses_is_a_failed_broker_line_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("SHELVER_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("SHELVER_KAFKA_OPTIONS", '{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "BOGUS"}')
+    assert main(["doctor", "--skip-artifact", "--timeout", "1"]) == 1  # before: KafkaException, no table
+    table = rows(capsys.readouterr().out)
+    assert table["broker"][0] == FAIL and "Unsupported SASL mechanism" in table["broker"][1]
+    assert table["topic input"] == (FAIL, "products.new: not checked, broker unreachable")
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "inf", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_refused(timeout, capsys):
+    # librdkafka reads a negative timeout as "wait for ever": before, `doctor --timeout -1` hung on a dead broker.
+    with pytest.raises(SystemExit) as exit_:
+        main(["doctor", "--skip-artifact", "--timeout", timeout])
+    assert exit_.value.code == 2 and "is not a positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # imports TensorFlow
+def test_the_artifact_is_checked_with_the_configured_inference_engine(monkeypatch):
+    from consumer.config import load_settings
+
+    monkeypatch.setenv("SHELVER_ARTIFACT_DIR", str(Path(__file__).parents[1] / "models/artifacts/v2-20261124"))
+    monkeypatch.setenv("SHELVER_INFERENCE_ENGINE", "litert-int8")  # v2 has no 8-bit image model: consume refuses
+    (artifact, *_) = doctor.check_artifact(load_settings())
+    assert artifact.verdict == FAIL and "int8" in artifact.detail  # before: OK, then consume refused to start
+
+
 def test_label_space_check_names_each_disagreement():
     labels, targets = ["a", "b", "c"], ["X", "OTHERS"]
     good = doctor.check_label_space(labels, labels, 3, (2, 3), targets, targets, "OTHERS")

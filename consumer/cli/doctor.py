@@ -137,7 +137,6 @@ def check_broker_and_topics(settings, timeout_s: float) -> list[Check]:
 
     from consumer.startup import artifact_review_threshold, required_topics
 
-    admin = AdminClient({**settings.kafka_common(), "logger": _quiet_logger()})
     wanted = required_topics(settings, artifact_review_threshold(settings))  # the rule `shelver consume` starts by
     from consumer.logs import Scrubber
     from consumer.secrets import mask_url
@@ -145,6 +144,8 @@ def check_broker_and_topics(settings, timeout_s: float) -> list[Check]:
     where = mask_url(settings.bootstrap_servers)  # no credentials in the table (nor in librdkafka's reason)
     scrub = Scrubber(settings.secret_values())
     try:
+        # Inside the try: a client option librdkafka refuses (e.g. an unknown sasl.mechanism) is a finding too.
+        admin = AdminClient({**settings.kafka_common(), "logger": _quiet_logger()})
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
@@ -181,7 +182,7 @@ def check_artifact(settings) -> list[Check]:
         from models.artifact import load_categorizer
         from models.taxonomy_document import load_taxonomy
 
-        cat = load_categorizer(directory, image_weight=settings.image_weight,
+        cat = load_categorizer(directory, image_weight=settings.image_weight, engine=settings.inference_engine,
                                abstain_threshold=settings.abstain_threshold, fallback=settings.fallback_category)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
         return [Check("artifact", FAIL, f"{type(exc).__name__}: {exc}")]

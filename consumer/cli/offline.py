@@ -7,22 +7,46 @@ about the speed of the stream.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import islice
-from typing import IO, Iterator
+from pathlib import Path
+from typing import IO
 
 from consumer import scoring
+from consumer.service.worker import isolate
 from models.categorizer import Categorizer
 
 AHEAD = 2  # batches fetched ahead of the one being scored: at most AHEAD + 1 batches of images in memory
 
 
-def _parse(chunk: list[tuple[int, str]]) -> list:
+@contextmanager
+def replacing(path: Path) -> Iterator[IO[str]]:
+    """A text file written beside ``path`` and renamed over it only when the block ends without error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _parse(chunk: list[tuple[int, str | bytes]]) -> list:
     parsed: list = []
     for n, line in chunk:
         try:
-            parsed.append((n, scoring.validate(json.loads(line))))
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            parsed.append((n, scoring.validate(json.loads(text))))
+        except UnicodeDecodeError as exc:
+            parsed.append((n, scoring.InvalidEvent("undecodable", f"not UTF-8: {exc}")))
+        except RecursionError:  # JSON nested deeper than the parser goes
+            parsed.append((n, scoring.InvalidEvent("undecodable", "not JSON: nested too deeply")))
         except json.JSONDecodeError as exc:
             parsed.append((n, scoring.InvalidEvent("undecodable", f"not JSON: {exc}")))
         except scoring.InvalidEvent as exc:
@@ -32,7 +56,7 @@ def _parse(chunk: list[tuple[int, str]]) -> list:
     return parsed
 
 
-def categorize_lines(src: IO[str], dst: IO[str], categorizer: Categorizer, fetcher, batch_size: int,
+def categorize_lines(src: IO[str] | IO[bytes], dst: IO[str], categorizer: Categorizer, fetcher, batch_size: int,
                      source: str = "-", review_threshold: float | None = None) -> dict[str, int]:
     """One output line per input line, in order: a CategoryAssigned, or ``{"line", "error", "error_reason"}``.
 
@@ -58,10 +82,16 @@ def categorize_lines(src: IO[str], dst: IO[str], categorizer: Categorizer, fetch
             parsed, good, fetching = queued.popleft()
             queued.extend(islice(upcoming, 1))  # the next batches download while this one is scored
             images, _ = fetching.result()
-            decisions = categorizer.categorize([scoring.text_of(ev) for _, ev in good], [img for img, _ in images])
+            texts, pixels = [scoring.text_of(ev) for _, ev in good], [img for img, _ in images]
+            try:
+                decisions = categorizer.categorize(texts, pixels) if good else []
+            except Exception as exc:  # noqa: BLE001 - one line the model cannot read is that line's error
+                decisions, failed = isolate(categorizer, texts, pixels, exc)
+                for i, why in failed.items():
+                    parsed[parsed.index(good[i])] = (good[i][0], scoring.InvalidEvent("inference_failed", why))
             out = {n: scoring.result(ev, d, err, categorizer, source_topic=source, source_partition=0,
                                      source_offset=n, replayed=False, review_threshold=review_threshold).model_dump_json()
-                   for (n, ev), d, (_, err) in zip(good, decisions, images)}
+                   for (n, ev), d, (_, err) in zip(good, decisions, images) if d is not None}
             for n, ev in parsed:
                 if n in out:
                     counts["results"] += 1

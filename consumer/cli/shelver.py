@@ -16,6 +16,17 @@ from consumer.logs import Scrubber, configure, get_logger
 log = get_logger("shelver.cli")
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (librdkafka reads a negative timeout as "wait for ever")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _fail(message: str, code: int) -> int:
     """One plain line on stderr (logging may not be configured yet: the log level itself can be the problem)."""
     print(f"shelver: {message}", file=sys.stderr, flush=True)
@@ -85,14 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("show", help="print categorized products as a table (read-only)")
     w.add_argument("--count", type=int, default=200)
-    w.add_argument("--timeout", type=float, default=120.0)
+    w.add_argument("--timeout", type=_seconds, default=120.0)
 
     k = sub.add_parser("categorize", help="JSON lines of ProductEvents in, CategoryAssigned lines out")
     k.add_argument("--input", required=True, help="file, or - for stdin")
     k.add_argument("--output", required=True, help="file, or - for stdout")
 
     d = sub.add_parser("doctor", help="check configuration, broker, topics, artifact, allow-list and device")
-    d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    d.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the broker")
     d.add_argument("--skip-artifact", action="store_true", help="skip loading the artifact and TensorFlow")
 
     v = sub.add_parser("review", help="serve the review console on SHELVER_REVIEW_PORT (docs/human-in-the-loop.md)")
@@ -261,9 +272,17 @@ def main(argv: list[str] | None = None, load_categorizer: Callable[[Settings], o
         from consumer.adapters.images import ImageFetcher
         from consumer.cli.offline import categorize_lines
 
-        src = nullcontext(sys.stdin) if args.input == "-" else open(args.input, encoding="utf-8")
-        dst = nullcontext(sys.stdout) if args.output == "-" else open(args.output, "w", encoding="utf-8")
+        from consumer.cli.offline import replacing
+
+        if args.input != "-" and args.output != "-" and Path(args.output).exists() and \
+                Path(args.input).exists() and Path(args.input).samefile(args.output):
+            return _fail(f"--output {args.output} is the input file: it would be overwritten", 2)
+        # Bytes in: a line that is not UTF-8 is one bad line (`offline._parse`), not the end of the run.
+        src = nullcontext(sys.stdin.buffer) if args.input == "-" else open(args.input, "rb")
         categorizer = load(settings)
+        # The output file is written beside its place and renamed over it at the end: a failed run leaves
+        # an existing file as it was.
+        dst = nullcontext(sys.stdout) if args.output == "-" else replacing(Path(args.output))
         with src as src, dst as dst, ImageFetcher(settings, target_size=categorizer.image_size) as fetcher:
             counts = categorize_lines(src, dst, categorizer, fetcher, settings.max_batch_size,
                                       source=Path(args.input).name, review_threshold=settings.review_threshold)
