@@ -124,14 +124,17 @@ def parse_taxonomy(doc: dict) -> Taxonomy:
     return Taxonomy(version=version, fallback=fallback, categories=tuple(cats))
 
 
-def plan_change(new: Taxonomy, current: Taxonomy, labels: Sequence[str], article_to_label: dict[str, str]
-                ) -> tuple[dict[str, list[str]], list[str]]:
+def plan_change(new: Taxonomy, current: Taxonomy, labels: Sequence[str], article_to_label: dict[str, str],
+                current_carried: dict[str, Sequence[str]] | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """Check ``new`` against the running ``current`` taxonomy and the model's labels.
 
     Returns (carried_from, rebuilt): corrections of an old category that is gone and claimed (``from``)
     by exactly one new category carry over to it (rename, merge; a split carries nothing, the parts
     start from their examples); ``rebuilt`` are the categories whose projection is computed anew
     (new ones, and ones with examples or changed source classes); all others keep their current row.
+    ``current_carried`` is the running taxonomy's own ``carried_from``: the names an old category already
+    carried go with it (A renamed B, then B renamed C: C carries B and A), and a category that stays keeps
+    them, so corrections survive any chain of renames.
     """
     problems: list[str] = []
     if new.version == current.version:
@@ -158,8 +161,12 @@ def plan_change(new: Taxonomy, current: Taxonomy, labels: Sequence[str], article
     if problems:
         raise TaxonomyError(problems)
     names = set(new.targets)
+    aliases = {k: list(v) for k, v in (current_carried or {}).items()}
     carried: dict[str, list[str]] = {}
+    for name in new.targets:  # a category that stays keeps the names it carried
+        if name in old and aliases.get(name):
+            carried[name] = [a for a in aliases[name] if a not in names]
     for o, claimers in claims.items():
         if o not in names and len(claimers) == 1:
-            carried.setdefault(claimers[0], []).append(o)
-    return carried, rebuilt
+            carried.setdefault(claimers[0], []).extend([o, *(a for a in aliases.get(o, ()) if a not in names)])
+    return {k: sorted(set(v)) for k, v in carried.items() if v}, rebuilt

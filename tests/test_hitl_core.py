@@ -189,6 +189,24 @@ def test_rename_and_merge_carry_corrections_a_split_does_not():
     assert carried == {} and rebuilt == ["SWIMWEAR"]  # LINGERIE unchanged: keeps its row and its own corrections
 
 
+def test_corrections_survive_a_chain_of_renames_and_a_category_that_stays_keeps_what_it_carried():
+    # v1 LINGERIE -> v2 UNDERWEAR -> v3 INTIMATES: before, v3 carried only UNDERWEAR, and every correction
+    # naming LINGERIE stopped counting (and new ones went to the DLQ as unknown_category).
+    v2 = parse_taxonomy(doc(cat("UNDERWEAR", source_classes=["Bra", "Briefs"], **{"from": ["LINGERIE"]}),
+                            cat("DRESS", source_classes=["Dresses"])))
+    carried_v2, _ = plan_change(v2, CURRENT, LABELS, A2L)
+    v3 = parse_taxonomy(doc(cat("INTIMATES", source_classes=["Bra", "Briefs"], **{"from": ["UNDERWEAR"]}),
+                            cat("DRESS", source_classes=["Dresses"]), version="v3"))
+    carried_v3, _ = plan_change(v3, v2, LABELS, A2L, carried_v2)
+    assert carried_v3 == {"INTIMATES": ["LINGERIE", "UNDERWEAR"]}
+    v4 = parse_taxonomy(doc(cat("INTIMATES", source_classes=["Bra", "Briefs"]), cat("DRESS", source_classes=["Dresses"]),
+                            cat("SKIRT", examples=["a pleated midi skirt"]), version="v4"))
+    assert plan_change(v4, v3, LABELS, A2L, carried_v3)[0] == {"INTIMATES": ["LINGERIE", "UNDERWEAR"]}
+    v5 = parse_taxonomy(doc(cat("INTIMATES", source_classes=["Bra", "Briefs"]), cat("DRESS", source_classes=["Dresses"]),
+                            cat("LINGERIE", examples=["lace body"]), version="v5"))  # the old name in use again
+    assert plan_change(v5, v3, LABELS, A2L, carried_v3)[0] == {"INTIMATES": ["UNDERWEAR"]}
+
+
 def test_changed_projections_keep_unchanged_rows_and_project_new_ones_from_examples_and_sources():
     current_q = kl.smooth(np.array([[1.0, 1, 1, 0], [0, 0, 0, 1]]), 0.01)
     new = parse_taxonomy(doc(cat("LINGERIE", source_classes=["Bra", "Briefs"]), cat("SWIMWEAR", examples=["bikini", "swimsuit"]),

@@ -82,7 +82,8 @@ def apply_taxonomy(settings: Settings, path: str | Path, dry_run: bool = False) 
         current = load_taxonomy(artifact / "taxonomy.yaml")
         with np.load(artifact / "projections.npz") as z:
             cur_targets, cur_q = [str(t) for t in z["targets"]], z["q"].astype(np.float64)
-    carried, rebuilt = plan_change(new, current, labels, a2l)
+    # the published record's own aliases travel on: corrections survive a chain of renames
+    carried, rebuilt = plan_change(new, current, labels, a2l, published.carried_from if published else None)
     text_model = load_text_model(artifact / "text") if rebuilt else None
     q = changed_projections(new, cur_targets, cur_q, rebuilt, labels, a2l,
                             text_model.predict_proba if text_model else None)
