@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,9 +36,24 @@ REPORTS_DIR = REPO_ROOT / "reports" if IS_CHECKOUT else USER_DATA_DIR / "reports
 # Where `shelver train` writes a new artifact by default (the service reads ARTIFACTS_DIR unless told).
 TRAINED_ARTIFACTS_DIR = ARTIFACTS_DIR if IS_CHECKOUT else USER_DATA_DIR / "artifacts"
 
-# The shared data sits beside the project root (../shared/data); a clone elsewhere on the same
-# machine finds it at the workspace's fixed location instead.
-SHARED_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+def _origin_checkout(root: Path) -> Path | None:
+    """The local repository a checkout was cloned from (``git clone . /tmp/x``), read from .git/config."""
+    try:
+        config = (root / ".git" / "config").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r'\[remote "origin"\][^\[]*?\n\s*url\s*=\s*(.+)', config)
+    url = m.group(1).strip() if m else ""
+    if not url or "://" in url.replace("file://", "") or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return None  # a remote repository: nothing beside it on this machine
+    path = Path(url.removeprefix("file://"))
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+# The shared data sits beside the project root (../shared/data). A clone made elsewhere on the same machine
+# (a CI run's clean clone) finds it beside the checkout it was cloned from; SHELVER_DATA_DIR overrides both.
+SHARED_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data",
+                    *([origin.parent / "shared" / "data"] if (origin := _origin_checkout(REPO_ROOT)) else []))
 
 
 def shared_data(name: str) -> Path:

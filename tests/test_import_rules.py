@@ -81,3 +81,22 @@ def test_repository_root_is_derived_from___file___only_in_models_paths():
     offenders = [str(p.relative_to(ROOT)) for p in sources("consumer", "models", "schemas", "training")
                  if p != ROOT / "models" / "paths.py" and derives_root.search(p.read_text())]
     assert not offenders, f"use models.paths instead: {offenders}"
+
+
+def test_a_clone_finds_the_shared_data_beside_the_checkout_it_was_cloned_from(tmp_path):
+    # No absolute path of a developer's machine in the code: the CI's clean clone (made anywhere)
+    # reads its origin from .git/config instead.
+    from models.paths import _origin_checkout
+
+    clone = tmp_path / "elsewhere" / "p"
+    (clone / ".git").mkdir(parents=True)
+    origin = tmp_path / "work" / "main"
+    (clone / ".git" / "config").write_text(
+        f'[core]\n\tbare = false\n[remote "origin"]\n\turl = {origin}\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n')
+    assert _origin_checkout(clone) == origin
+    (clone / ".git" / "config").write_text('[remote "origin"]\n\turl = git@github.com:acme/shelver.git\n')
+    assert _origin_checkout(clone) is None  # a remote repository has nothing beside it here
+    (clone / ".git" / "config").write_text('[remote "origin"]\n\turl = https://example.com/acme/shelver.git\n')
+    assert _origin_checkout(clone) is None
+    assert _origin_checkout(tmp_path / "not-a-checkout") is None
+    assert "/work/" not in (Path(__file__).parents[1] / "models" / "paths.py").read_text()
