@@ -16,8 +16,11 @@ from pathlib import Path
 
 TOP = ("consumer", "models", "schemas", "training")
 # Data folders are listed as (namespace) packages so their files ship as package data.
-PACKAGES = ["consumer", "consumer.adapters", "consumer.cli", "consumer.service", "consumer.review", "models",
-            "models.artifacts", "models.taxonomies", "schemas", "schemas.history", "training", "training.labels"]
+# The review console's templates and static files are data folders, listed as packages too: setuptools
+# warns that it will stop shipping package data from folders that are not listed.
+PACKAGES = ["consumer", "consumer.adapters", "consumer.cli", "consumer.service", "consumer.review",
+            "consumer.review.templates", "consumer.review.static", "models", "models.artifacts",
+            "models.taxonomies", "schemas", "schemas.history", "training", "training.labels"]
 # The committed artifact and taxonomies ship inside the `models` package, so an installed `shelver consume`
 # finds them where models.paths says.
 PACKAGE_DATA = {

@@ -55,8 +55,11 @@ def test_deployment_gives_each_pod_one_gpu_probes_and_a_grace_period():
     startup = container["startupProbe"]
     from consumer.config import Settings
 
-    # the kubelet waits as long as the service's own start-up budget, past which /livez fails anyway
-    assert startup["periodSeconds"] * startup["failureThreshold"] == Settings.model_fields["startup_budget_s"].default
+    # The kubelet waits as long as the service's own start-up budget, which starts once the start-up checks
+    # (broker and topics, then the review topic: each up to startup_timeout_s) are done.
+    fields = Settings.model_fields
+    assert startup["periodSeconds"] * startup["failureThreshold"] == (
+        fields["startup_budget_s"].default + 2 * fields["startup_timeout_s"].default)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e for e in container["env"]}
     assert ports[container["livenessProbe"]["httpGet"]["port"]] == int(env["SHELVER_METRICS_PORT"]["value"])

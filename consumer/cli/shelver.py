@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     xa.add_argument("--dry-run", action="store_true", help="validate and compute, do not publish")
 
     for name in ("train", "evaluate"):
-        sub.add_parser(name, help=f"see `shelver {name} -- --help`", add_help=False)
+        sub.add_parser(name, help=f"see `shelver {name} --help`", add_help=False)
     return p
 
 
