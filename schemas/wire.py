@@ -102,16 +102,14 @@ NUMERIC_OPTIONS = ("timeout", "max.retries", "retries.wait.ms", "retries.max.wai
 # registry that accepts the connection and never answers would hold a decode (and the service) for good.
 # With the client's 3 retries and their waits, one decode is bounded by about 4 x 5 + 7 s.
 DEFAULT_TIMEOUT_S = 5.0
-SCHEMA_NOT_FOUND = 40403  # the registry's own answer for an unknown schema id
-
-
 def registry_fault(exc: SchemaRegistryError) -> bool:
     """True when the error is about the registry, not about the schema id asked for: credentials (401/403),
-    408/429, any 5xx, or a 404 that is not the registry's "schema not found" (a proxy's missing route).
-    Only an unknown id (40403) or an unreadable schema (422) makes the event itself undecodable."""
+    408/429, any 5xx, or a 404 that is not the registry's own (a proxy's missing route, an error page: no
+    404xx code in a JSON body). Only an unknown id (the registry's 404, e.g. 40403; 40400 from some) or an
+    unreadable schema (422) makes the event itself undecodable."""
     status = exc.http_status_code
     if status == 404:
-        return exc.error_code != SCHEMA_NOT_FOUND
+        return not 40400 <= exc.error_code < 40500
     return status in (401, 403, 408, 429) or status >= 500 or status < 0
 _mock_clients: dict[str, SchemaRegistryClient] = {}
 

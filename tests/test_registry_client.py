@@ -101,7 +101,7 @@ def test_a_registry_that_never_answers_is_an_outage_within_the_configured_timeou
 
 @pytest.mark.parametrize("status, code, fault", [
     (503, 50301, True), (501, -1, True), (520, -1, True), (401, 40101, True), (429, -1, True),
-    (404, -1, True), (404, 40403, False), (422, 42201, False),
+    (404, -1, True), (404, 40403, False), (404, 40400, False), (422, 42201, False),
 ])
 def test_registry_fault_separates_the_registrys_trouble_from_an_unknown_schema(status, code, fault):
     assert registry_fault(SchemaRegistryError(status, code, "x")) is fault
