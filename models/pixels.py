@@ -76,10 +76,21 @@ def shrink_for(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.reduce(factor)
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grayscale image ("I;16*", "I", e.g. a 16-bit PNG) as 8-bit "L", scaled down.
+    Pillow's convert("RGB") clips such values at 255 instead: the photo became a blank white picture."""
+    if not img.mode.startswith("I"):
+        return img
+    a = np.asarray(img).astype(np.int64)
+    if img.mode.startswith("I;16") or a.max(initial=0) > 255:
+        a >>= 8  # 16-bit range (an "I" image read from a 16-bit file holds 0..65535)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def _padded(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Every step of :func:`prepare_image` but the final resize: RGB uint8 at the model's aspect."""
     height, width = size
-    img = ImageOps.exif_transpose(shrink_for(img, size))
+    img = eight_bit(ImageOps.exif_transpose(shrink_for(img, size)))
     if img.mode in ("RGBA", "LA", "P", "PA") and (img.mode != "P" or "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.new("RGB", rgba.size, BACKGROUND)

@@ -46,9 +46,17 @@ _BOILERPLATE = re.compile(
 )
 
 
+def _sub_closed(pattern: re.Pattern, repl: str, text: str, close: str) -> str:
+    """``pattern.sub(repl, text)`` for a pattern that ends at its first ``close`` character, in linear time:
+    nothing after the last ``close`` can match, and there a match attempt from each of N unclosed "<" or
+    "[" scanned to the end of the text (N² steps: 40,000 "<" took 0.6 s). The result is the same."""
+    end = text.rfind(close)
+    return text if end < 0 else pattern.sub(repl, text[: end + 1]) + text[end + 1 :]
+
+
 def _strip_markup(text: str) -> str:
-    t = _TAG.sub(" ", text)
-    t = _BRACKET_TAG.sub(" ", t)
+    t = _sub_closed(_TAG, " ", text, ">")
+    t = _sub_closed(_BRACKET_TAG, " ", t, "]")
     return _ENTITY.sub(lambda m: " " if not html.unescape(m.group(0)).isprintable() else html.unescape(m.group(0)), t)
 
 
@@ -74,7 +82,7 @@ def clean(text: str | None) -> str:
     """``v2``: like `normalize`, and boilerplate lines (see the module docstring) dropped."""
     if not text:
         return ""
-    t = _strip_markup(_BLOCK_TAG.sub("\n", text)).replace("\t", " ").replace("\r", "\n").lower()
+    t = _strip_markup(_sub_closed(_BLOCK_TAG, "\n", text, ">")).replace("\t", " ").replace("\r", "\n").lower()
     lines = (_SPACE.sub(" ", line).strip() for line in t.split("\n"))
     return " ".join(line for line in lines if not is_boilerplate(line))
 

@@ -47,7 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from consumer.adapters.allowlist import AllowRule
 from consumer.adapters.http_loop import CurlLoop, Transfer
 from consumer.config import Settings
-from models.pixels import draft_for, shrink_for
+from models.pixels import draft_for, eight_bit, shrink_for
 
 log = structlog.get_logger(__name__)
 
@@ -341,7 +341,7 @@ def decode_image(
             img.load()
             if target_size is not None:
                 img = shrink_for(img, target_size)
-            img = ImageOps.exif_transpose(img)
+            img = eight_bit(ImageOps.exif_transpose(img))  # a 16-bit PNG: scaled, not clipped to white
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 # Catalogue photos are on white; transparent pixels would otherwise turn black.
                 rgba = img.convert("RGBA")
