@@ -118,8 +118,8 @@ class ArtifactCategorizer:
                 raise ValueError(f"inference engine litert-int8 needs {engine_mod.INT8_FILE} in the artifact folder "
                                  "(python -m training.quantize)")
             int8_runner = engine_mod.LiteRTRunner(int8_file.read_bytes(), wide=True)
-            # Its softmax is 8-bit too (steps of 1/256, rows summing to 0.93-1.0): renormalized into distributions.
-            self._image_fn = lambda x: kl.normalize_rows(int8_runner(x))
+            # Its softmax is 8-bit too: its zeros floored at half a step, rows renormalized (engine_mod.INT8_FLOOR).
+            self._image_fn = lambda x: engine_mod.int8_distributions(int8_runner(x))
         else:
             self._image_fn = self._runner(artifact.image_model, tf.TensorSpec([None, *self.image_size, 3], tf.uint8),
                                           "image", ["image_model.npz"])

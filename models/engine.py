@@ -31,6 +31,17 @@ ENGINES = ("auto", "tensorflow", "litert", "litert-int8")
 ENGINE_ENV = "SHELVER_INFERENCE_ENGINE"
 DEFAULT_CACHE = CACHE_DIR / "litert"  # models.paths: the checkout's .cache, or the user's cache when installed
 INT8_FILE = "image_model.int8.tflite"  # training/quantize.py writes it into the artifact folder
+# The 8-bit model's softmax comes in steps of 1/256: any probability under half a step reads as exactly 0.
+# The geometric ensemble takes logs, so an exact 0 (floored at 1e-12) vetoed that class whatever the text
+# said, where the fp32 model only weighs it down; half a step is the most such a class can have had.
+INT8_FLOOR = 1.0 / 512
+
+
+def int8_distributions(raw: np.ndarray) -> np.ndarray:
+    """Rows of the 8-bit model's softmax as distributions: zeros raised to half a quantization step, rows
+    renormalized (they also sum to 0.93-1.0)."""
+    p = np.maximum(np.asarray(raw, dtype=np.float64), INT8_FLOOR)
+    return p / p.sum(axis=-1, keepdims=True)
 INT8_REPORT = "quantization.json"  # ... with its measurements against fp32
 # The vector extensions an 8-bit XNNPACK kernel's speed depends on (x86 VNNI/AVX-512/AMX, Arm dot products).
 INT8_EXTENSIONS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")

@@ -239,6 +239,30 @@ def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engine
     assert agree >= 63 / 64  # quantization.json: 99.5% or more on the held-out split
 
 
+@pytest.mark.slow
+def test_with_another_products_title_the_8bit_engine_still_weighs_image_and_text_as_fp32_does(engines, catalogue_inputs):
+    # Where image and text disagree: the 8-bit softmax's exact zeros (floored at 1e-12 in the geometric
+    # mean) vetoed the text's class, and about half such pairs were decided by the image alone.
+    from consumer.config import Settings
+    from models.artifact import load_categorizer
+    from models.engine import INT8_FILE, INT8_FLOOR, int8_distributions
+
+    path = Settings().resolved_artifact_dir()
+    if not (path / INT8_FILE).exists():
+        pytest.skip(f"{path.name} has no {INT8_FILE} (python -m training.quantize)")
+    int8 = load_categorizer(path, engine="litert-int8")
+    texts, paths = catalogue_inputs
+    lite = engines["litert"]
+    images = [lite.prepare_image(Image.open(p)) for p in paths]
+    others = texts[1:] + texts[:1]  # each image with the next product's title
+    q_image, _, _ = int8.source_distributions(others, images)
+    assert q_image.min() > 0.5 * INT8_FLOOR  # no exact zeros left
+    np.testing.assert_allclose(int8_distributions(np.array([[0.5, 0.5, 0.0]])), [[0.4990, 0.4990, 0.0020]], atol=1e-4)
+    agree = np.mean([a.category == b.category for a, b in zip(int8.categorize(others, images),
+                                                               lite.categorize(others, images))])
+    assert agree >= 58 / 64  # about half before
+
+
 def test_forcing_the_8bit_engine_without_its_model_fails_with_the_command_that_makes_it():
     import dataclasses
 

@@ -27,8 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models import kl
-from models.engine import INT8_FILE, INT8_REPORT, LiteRTRunner, cpu_flags, vector_extensions
+from models.engine import INT8_FILE, INT8_REPORT, LiteRTRunner, cpu_flags, int8_distributions, vector_extensions
 from models.paths import newest_artifact
 from training import data
 from training.image_features import load_pixels
@@ -119,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with ThreadPoolExecutor(2) as pool:
         px = np.stack(list(pool.map(lambda p: load_pixels(p, size), hpaths)))
     int8 = LiteRTRunner(flatbuffer, wide=True)  # as the service runs it (models.artifact)
-    # the int8 softmax is 8-bit too: renormalized, as the service does (models.artifact)
-    p32, p8 = _batched(cat._image_fn, px), kl.normalize_rows(_batched(int8, px))
+    # the int8 softmax is 8-bit too: zeros floored and rows renormalized, as the service does (models.artifact)
+    p32, p8 = _batched(cat._image_fn, px), int8_distributions(_batched(int8, px))
     titles = hdf["productDisplayName"].to_numpy()[rows].tolist()
     text_p = artifact.text_model.predict_proba(titles)
     used = np.ones(len(rows), bool)
@@ -132,9 +131,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ens32 = choose(cat.ensemble(p32, text_p, used))
     ens8 = choose(cat.ensemble(p8, text_p, used))
     img32, img8 = choose(p32), choose(p8)
+    # Each image with the next product's title: where image and text disagree, the engines must still
+    # weigh them alike (an 8-bit zero once vetoed the text's class: 79 of 160 such pairs differed).
+    mixed_text = np.roll(text_p, 1, axis=0)
+    mixed32, mixed8 = choose(cat.ensemble(p32, mixed_text, used)), choose(cat.ensemble(p8, mixed_text, used))
     measured = {
         "heldout_products": int(len(rows)),
         "target_agreement_image_and_title": float(np.mean(ens32 == ens8)),
+        "target_agreement_image_and_another_title": float(np.mean(mixed32 == mixed8)),
         "ensemble_accuracy": {"fp32": float(np.mean(ens32 == truth)), "int8": float(np.mean(ens8 == truth))},
         "image_only_accuracy": {"fp32": float(np.mean(img32 == truth)), "int8": float(np.mean(img8 == truth))},
         "source_top1_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
@@ -159,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (directory / INT8_REPORT).write_text(json.dumps(report, indent=1) + "\n")
     b = measured["batch32"]
     print(f"int8 vs fp32 on {len(rows)} held-out products: target agreement "
-          f"{measured['target_agreement_image_and_title']:.2%}, image-only accuracy "
+          f"{measured['target_agreement_image_and_title']:.2%} (with another product's title "
+          f"{measured['target_agreement_image_and_another_title']:.2%}), image-only accuracy "
           f"{measured['image_only_accuracy']['fp32']:.2%} → {measured['image_only_accuracy']['int8']:.2%}, "
           f"batch 32 {b['fp32_images_per_s']:.0f} → {b['int8_images_per_s']:.0f} images/s ({b['speedup']:.2f}x); "
           f"accepted: {report['accepted']}")
