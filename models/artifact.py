@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -198,7 +198,12 @@ class ArtifactCategorizer:
         image_p, text_p, used = self.source_distributions(texts, images)
         # Text with no tokens is no evidence: such rows are scored from the image alone.
         has_text = np.array([bool(self.artifact.text_model.encoder.tokens(t)) for t in texts], dtype=bool)
-        return self.decide(self.ensemble(image_p, text_p, used, text_used=has_text), used, texts)
+        decisions = self.decide(self.ensemble(image_p, text_p, used, text_used=has_text), used, texts)
+        # Neither an image nor a word the model reads ("NA", "<p>&nbsp;</p>", a wash-care list): the choice
+        # would be the text model's prior for nothing. Abstain to the fallback with confidence 0, so the
+        # result says so and goes to review.
+        return [d if u or t else replace(d, category=self.fallback, abstained=True, confidence=0.0)
+                for d, u, t in zip(decisions, used, has_text)]
 
 
 def load_categorizer(directory: str | Path, **overrides) -> ArtifactCategorizer:

@@ -62,3 +62,12 @@ def test_products_with_text_still_use_both_models(categorizer, heldout):
     both = categorizer.decide(kl.ensemble(image_p, text_p, used, categorizer.image_weight,
                                           combine=categorizer.combine), used)
     assert [d.kl for d in decided] == pytest.approx([d.kl for d in both])
+
+
+@pytest.mark.slow
+def test_a_product_with_neither_an_image_nor_a_word_the_model_reads_abstains_and_goes_to_review(categorizer):
+    # Before: scored from the text model's prior for no words (OTHERS with confidence 0.83, not abstained).
+    texts = ["NA", "<p>&nbsp;</p>", "Composition", "Machine wash cold\nDo not bleach", "Blue denim jacket"]
+    decided = categorizer.categorize(texts, [None] * len(texts))
+    assert [(d.category, d.abstained, d.confidence) for d in decided[:4]] == [(categorizer.fallback, True, 0.0)] * 4
+    assert not decided[4].abstained and decided[4].category == "OUTERWEAR" and decided[4].confidence > 0
