@@ -107,9 +107,10 @@ def registry_fault(exc: SchemaRegistryError) -> bool:
     408/429, any 5xx, or a 404 that is not the registry's own (a proxy's missing route, an error page: no
     404xx code in a JSON body). Only an unknown id (the registry's 404, e.g. 40403; 40400 from some) or an
     unreadable schema (422) makes the event itself undecodable."""
-    status = exc.http_status_code
+    status = exc.http_status_code if isinstance(exc.http_status_code, int) else -1
+    code = exc.error_code if isinstance(exc.error_code, int) else -1  # a gateway's 404 body has none
     if status == 404:
-        return not 40400 <= exc.error_code < 40500
+        return not 40400 <= code < 40500
     return status in (401, 403, 408, 429) or status >= 500 or status < 0
 _mock_clients: dict[str, SchemaRegistryClient] = {}
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Registry(BaseHTTPRequestHandler):
-    answer = "ok"  # ok | hang | html:<status> | registry404 | notjson
+    answer = "ok"  # ok | hang | html:<status> | registry404 | gateway404 | notjson
 
     def log_message(self, *args):
         pass
@@ -44,6 +44,8 @@ class Registry(BaseHTTPRequestHandler):
             self._send(int(answer[5:]), b"<html><body>upstream error</body></html>", "text/html")
         elif answer == "registry404":
             self._send(404, json.dumps({"error_code": 40403, "message": "Schema not found"}).encode())
+        elif answer == "gateway404":  # an API gateway with no route: JSON, but no registry error code
+            self._send(404, json.dumps({"message": "no Route matched with those values"}).encode())
         elif answer == "notjson":
             self._send(200, b"<html>captive portal</html>", "text/html")
         else:
@@ -77,7 +79,7 @@ def test_a_registry_that_answers_decodes_the_event(registry_url):
     assert decode(registry_url, "ok", 1)["product_id"] == "p1"
 
 
-@pytest.mark.parametrize("answer", ["html:501", "html:520", "html:404", "notjson"])
+@pytest.mark.parametrize("answer", ["html:501", "html:520", "html:404", "gateway404", "notjson"])
 def test_an_error_page_in_front_of_the_registry_is_an_outage_not_a_bad_event(registry_url, answer):
     # Before: each of these made the event `undecodable` and sent it to the dead-letter topic.
     with pytest.raises(RegistryUnavailable):
@@ -101,7 +103,8 @@ def test_a_registry_that_never_answers_is_an_outage_within_the_configured_timeou
 
 @pytest.mark.parametrize("status, code, fault", [
     (503, 50301, True), (501, -1, True), (520, -1, True), (401, 40101, True), (429, -1, True),
-    (404, -1, True), (404, 40403, False), (404, 40400, False), (422, 42201, False),
+    (404, -1, True), (404, None, True), (404, "40403", True), (404, 40403, False), (404, 40400, False),
+    (422, 42201, False),
 ])
 def test_registry_fault_separates_the_registrys_trouble_from_an_unknown_schema(status, code, fault):
     assert registry_fault(SchemaRegistryError(status, code, "x")) is fault

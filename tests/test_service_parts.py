@@ -5,6 +5,7 @@ import time
 from concurrent.futures import Future
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
 
@@ -498,6 +499,26 @@ def test_a_lone_event_the_model_fails_on_is_dead_lettered_when_the_model_scores_
     batch = scored_batch([decode(CODEC, titled_msg("p-0", "POISON top", 0))], Model(poison="POISON"))
     assert batch.error is None and batch.decisions == [None]
     assert [o.kind for o in RecordBuilder(CODEC, "out", "dlq").records(batch)] == ["dlq"]
+
+
+def test_a_model_whose_image_path_is_broken_fails_the_batch_even_when_text_only_events_score():
+    class BrokenImages(Model):
+        def categorize(self, texts, images):
+            self.calls.append((list(texts), list(images)))
+            if any(img is not None for img in images):
+                raise ValueError("image model unavailable")
+            return super().categorize(texts, images)
+
+    model = BrokenImages()
+    batch = Batch(0, [decode(CODEC, titled_msg(f"p-{i}", "Midi dress", i)) for i in range(3)], time.perf_counter(),
+                  model=model)
+    images: Future = Future()
+    images.set_result(([(None, "no_url"), (np.zeros((32, 32, 3), np.uint8), None), (None, "no_url")], 0.0))
+    batch.images = images
+    infer(batch)
+    # The canary (with a white image) fails too: the model's fault, not the event's (before: a dead letter).
+    assert batch.error == "inference failed: ValueError: image model unavailable"
+    assert all(it.error is None for it in batch.items)
 
 
 def test_a_model_that_fails_on_every_event_and_on_the_canary_fails_the_batch_and_dead_letters_nothing():

@@ -37,7 +37,8 @@ def _why(exc: Exception) -> str:
 def isolate(model, texts: Sequence[str], pixels: Sequence, failure: Exception) -> tuple[list, dict[int, str]]:
     """After the model failed on a whole batch (``failure``): each event scored alone. Returns the decisions
     (None where the event failed alone) and why each failed. Raises ``failure`` when the model fails on a
-    plain canary too (text and a white image): then nothing is the events' fault and nothing is dead-lettered."""
+    plain canary too (text and a white image): then nothing is the events' fault and nothing is dead-lettered
+    (a broken image path would otherwise dead-letter every event with an image, whatever else the batch held)."""
     decisions, failed = [], {}
     for i, (text, px) in enumerate(zip(texts, pixels)):
         try:
@@ -45,7 +46,7 @@ def isolate(model, texts: Sequence[str], pixels: Sequence, failure: Exception) -
         except Exception as exc:  # noqa: BLE001 - judged below, against the canary
             decisions.append(None)
             failed[i] = _why(exc)
-    if len(failed) == len(texts):  # every event failed alone: is the model broken, or the events?
+    if failed:  # is the model broken, or these events?
         try:
             white = np.full((*model.image_size, 3), 255, np.uint8)
             _categorize(model, [CANARY_TEXT], [white])
