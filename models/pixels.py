@@ -70,6 +70,7 @@ def shrink_for(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     factor = int(_shrink_factor(img, size) / REDUCING_GAP)
     if factor < 2:
         return img
+    img = eight_bit(img)  # before any convert("RGB"), which clips 16-bit values to white
     if img.mode not in _REDUCIBLE:
         transparent = img.mode in ("P", "PA") and ("transparency" in img.info or img.mode == "PA")
         img = img.convert("RGBA" if transparent or img.mode == "PA" else "RGB")
@@ -81,9 +82,9 @@ def eight_bit(img: Image.Image) -> Image.Image:
     Pillow's convert("RGB") clips such values at 255 instead: the photo became a blank white picture."""
     if not img.mode.startswith("I"):
         return img
-    a = np.asarray(img).astype(np.int64)
+    a = np.asarray(img)  # uint16 for "I;16*", int32 for "I": no wider copy of a large image
     if img.mode.startswith("I;16") or a.max(initial=0) > 255:
-        a >>= 8  # 16-bit range (an "I" image read from a 16-bit file holds 0..65535)
+        a = a >> 8  # 16-bit range (an "I" image read from a 16-bit file holds 0..65535)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
 
 
