@@ -124,3 +124,24 @@ def test_the_output_is_never_the_input_and_a_failed_run_leaves_an_existing_outpu
         pass
     assert previous.read_text() == "yesterday's results\n"  # before: truncated before the model loaded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
+
+
+def test_the_output_keeps_its_mode_and_a_symlinked_output_writes_through_the_link(tmp_path):
+    import os
+
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"product_id": "a", "title": "Blue shirt", "event_time": "2024-05-01T10:00:00Z"}) + "\n")
+    fresh, kept = tmp_path / "fresh.jsonl", tmp_path / "kept.jsonl"
+    kept.write_text("old\n")
+    kept.chmod(0o640)
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    for out in (fresh, kept, link):
+        assert main(["categorize", "--input", str(data), "--output", str(out)],
+                    load_categorizer=lambda s: TinyCategorizer()) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() creates a file (a temporary one was 0600)
+    assert kept.stat().st_mode & 0o777 == 0o640
+    assert link.is_symlink() and json.loads(target.read_text())["product_id"] == "a"  # the link was replaced

@@ -26,9 +26,19 @@ AHEAD = 2  # batches fetched ahead of the one being scored: at most AHEAD + 1 ba
 
 @contextmanager
 def replacing(path: Path) -> Iterator[IO[str]]:
-    """A text file written beside ``path`` and renamed over it only when the block ends without error."""
+    """A text file written beside ``path`` and renamed over it only when the block ends without error, with
+    the old file's mode (a new one: as ``open`` would create it). A symlink, a device (``/dev/stdout``) or
+    anything else that is not a plain file is written in place, as before."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with path.open("w", encoding="utf-8") as f:
+            yield f
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
         os.replace(tmp, path)
