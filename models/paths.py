@@ -36,18 +36,45 @@ REPORTS_DIR = REPO_ROOT / "reports" if IS_CHECKOUT else USER_DATA_DIR / "reports
 # Where `shelver train` writes a new artifact by default (the service reads ARTIFACTS_DIR unless told).
 TRAINED_ARTIFACTS_DIR = ARTIFACTS_DIR if IS_CHECKOUT else USER_DATA_DIR / "artifacts"
 
-def _origin_checkout(root: Path) -> Path | None:
-    """The local repository a checkout was cloned from (``git clone . /tmp/x``), read from .git/config."""
+def _git_dir(root: Path) -> Path | None:
+    """The repository folder holding ``config``: ``.git``, or for a worktree the one its ``.git`` file names."""
+    dot = root / ".git"
+    if dot.is_dir():
+        return dot
     try:
-        config = (root / ".git" / "config").read_text(errors="replace")
+        line = dot.read_text(errors="replace").strip()
     except OSError:
         return None
-    m = re.search(r'\[remote "origin"\][^\[]*?\n\s*url\s*=\s*(.+)', config)
-    url = m.group(1).strip() if m else ""
-    if not url or "://" in url.replace("file://", "") or re.match(r"^[\w.-]+@[\w.-]+:", url):
-        return None  # a remote repository: nothing beside it on this machine
+    if not line.startswith("gitdir:"):
+        return None
+    git_dir = Path(line[len("gitdir:"):].strip())
+    git_dir = git_dir if git_dir.is_absolute() else (root / git_dir).resolve()
+    common = git_dir / "commondir"  # a worktree's config lives in the main repository's folder
+    if common.is_file():
+        shared = Path(common.read_text(errors="replace").strip())
+        git_dir = shared if shared.is_absolute() else (git_dir / shared).resolve()
+    return git_dir
+
+
+def _origin_checkout(root: Path) -> Path | None:
+    """The local repository a checkout was cloned from (``git clone . /tmp/x``), read from its git config;
+    a worktree's own checkout is that repository's. None for a remote or no repository."""
+    git_dir = _git_dir(root)
+    if git_dir is None:
+        return None
+    if (root / ".git").is_file() and git_dir.name == ".git":  # a worktree: the main checkout is beside it
+        return git_dir.parent
+    try:
+        config = (git_dir / "config").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r'\[remote\s+"origin"\][^\[]*?\n\s*url\s*=\s*(.+)', config, re.IGNORECASE)
+    url = m.group(1).strip().strip('"') if m else ""
+    if not url or "://" in url.replace("file://", "") or re.match(r"^(?:[\w.-]+@)?[\w.-]+:(?!/)", url):
+        return None  # a remote repository (https://, ssh, scp-style host:path): nothing beside it here
     path = Path(url.removeprefix("file://"))
-    return path if path.is_absolute() else (root / path).resolve()
+    path = path if path.is_absolute() else (root / path).resolve()
+    return path.parent if path.name == ".git" else path  # cloned from /repo/.git: the checkout is /repo
 
 
 # The shared data sits beside the project root (../shared/data). A clone made elsewhere on the same machine

@@ -99,4 +99,15 @@ def test_a_clone_finds_the_shared_data_beside_the_checkout_it_was_cloned_from(tm
     (clone / ".git" / "config").write_text('[remote "origin"]\n\turl = https://example.com/acme/shelver.git\n')
     assert _origin_checkout(clone) is None
     assert _origin_checkout(tmp_path / "not-a-checkout") is None
+    for url in (f'"{origin}/.git"', f"{origin}/.git", f"file://{origin}"):  # quoted, cloned from .git, file://
+        (clone / ".git" / "config").write_text(f'[Remote "origin"]\n\tURL = {url}\n')
+        assert _origin_checkout(clone) == origin, url
+    (clone / ".git" / "config").write_text('[remote "origin"]\n\turl = github.com:acme/shelver.git\n')
+    assert _origin_checkout(clone) is None
+    worktree = tmp_path / "wt"  # `git worktree add`: .git is a file naming the main repository's worktree folder
+    (origin / ".git" / "worktrees" / "wt").mkdir(parents=True)
+    (origin / ".git" / "worktrees" / "wt" / "commondir").write_text("../..\n")
+    worktree.mkdir()
+    (worktree / ".git").write_text(f"gitdir: {origin}/.git/worktrees/wt\n")
+    assert _origin_checkout(worktree) == origin
     assert "/work/" not in (Path(__file__).parents[1] / "models" / "paths.py").read_text()
