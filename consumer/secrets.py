@@ -51,7 +51,10 @@ def userinfo_secrets(text: str) -> set[str]:
     out = set()
     for m in _URL_USERINFO.finditer(text):
         info = m.group("info") or m.group("bare")
-        out.add(info)
-        if ":" in info:
-            out.add(info.split(":", 1)[1])
+        # After a scheme the user info runs to the "@", so in "SASL_SSL://h1:9092,u:p@h2:9092" it also holds
+        # the addresses before it: the part after the last comma is the user info too, read either way.
+        for part in {info, info.rsplit(",", 1)[-1]}:
+            out.add(part)
+            if ":" in part:
+                out.add(part.split(":", 1)[1])
     return out

@@ -166,3 +166,5 @@ def test_a_comma_in_a_urls_password_does_not_leave_part_of_it_unmasked():
     for secret in ("svc-shelver", "Pa,ssw0rd-42", "Pa,", "kp1"):
         assert secret not in shown
     assert {"Pa,ssw0rd-42", "kp1"} <= set(s.secret_values())
+    mixed = Settings(bootstrap_servers="SASL_SSL://h1:9092,svc:pw-77@h2:9092")  # a scheme, then a list
+    assert "pw-77" in mixed.secret_values() and "pw-77" not in json.dumps(mixed.redacted())
