@@ -301,11 +301,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     """One thread per connection, at most ``MAX_CONNECTIONS`` at once (more are closed at once): probes and
-    scrapers need a few; anyone else who can reach the port must not grow the service's threads."""
+    scrapers need a few; anyone else who can reach the port must not grow the service's threads. A connection
+    is closed ``REQUEST_DEADLINE_S`` after it opened, however slowly its client trickles bytes in (the
+    handler's socket timeout bounds each read only), so stalled clients cannot hold the slots for long."""
 
     daemon_threads = True
     metrics: Metrics
     MAX_CONNECTIONS = 32
+    REQUEST_DEADLINE_S = 10.0
     request_queue_size = 64  # the listen backlog: past the cap, connections are closed rather than left waiting
 
     def __init__(self, address, handler):
@@ -313,18 +316,40 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self._opened: dict[socket.socket, float] = {}
+        self._opened_lock, self._closed = threading.Lock(), threading.Event()
+        threading.Thread(target=self._reap, name="metrics-http-deadline", daemon=True).start()
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # the client sees the connection closed and retries later
             return
+        with self._opened_lock:
+            self._opened[request] = time.monotonic()
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._opened_lock:
+                self._opened.pop(request, None)
             self._slots.release()
+
+    def _reap(self) -> None:
+        while not self._closed.wait(0.5):
+            now = time.monotonic()
+            with self._opened_lock:
+                late = [r for r, t in self._opened.items() if now - t > self.REQUEST_DEADLINE_S]
+            for request in late:
+                try:  # its handler reads end of file and ends: the slot is free again
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def handle_error(self, request, client_address) -> None:
         """A client that went away (a timed-out probe) is not news; anything else goes to the JSON log."""

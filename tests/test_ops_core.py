@@ -140,6 +140,30 @@ def test_stalled_clients_hold_at_most_a_few_threads_for_a_few_seconds_and_the_pr
     assert "Traceback" not in capfd.readouterr().err  # a client that went away is not a traceback on stderr
 
 
+def test_a_client_trickling_its_request_is_cut_off_at_the_request_deadline():
+    import socket
+
+    server = serve(Metrics(stall_s=120), "127.0.0.1", 0)
+    server.REQUEST_DEADLINE_S = 1.0
+    try:
+        c = socket.create_connection(("127.0.0.1", server.server_address[1]))
+        c.settimeout(0.3)
+        started, closed = time.monotonic(), False
+        while not closed and time.monotonic() - started < 8:  # one byte every 0.3 s: each read is quick
+            try:
+                c.sendall(b"X")
+                closed = c.recv(1) == b""
+            except socket.timeout:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+        assert closed and time.monotonic() - started < 4  # before: held for as long as the bytes came
+        _await(lambda: server._slots._value == server.MAX_CONNECTIONS)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_metrics_endpoint_binds_an_ipv6_address():
     import urllib.request
 
