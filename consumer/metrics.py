@@ -314,10 +314,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, handler):
         if ":" in address[0]:  # an IPv6 address ("::", "::1")
             self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
         self._opened: dict[socket.socket, float] = {}
+        # before binding: a port in use makes the base class call server_close(), which reads _closed
         self._opened_lock, self._closed = threading.Lock(), threading.Event()
+        super().__init__(address, handler)
         threading.Thread(target=self._reap, name="metrics-http-deadline", daemon=True).start()
 
     def process_request(self, request, client_address) -> None:
