@@ -216,8 +216,9 @@ def test_inference_cpu_is_spent_on_threads_named_litert(engines, catalogue_input
     assert process > 0.05 and named > 0.8 * process, (named, process)
 
 
-@pytest.mark.slow
-def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engines, catalogue_inputs):
+@pytest.fixture(scope="module")
+def int8_and_images(engines, catalogue_inputs):
+    """The default artifact on the 8-bit image engine, and the catalogue sample's prepared images."""
     from consumer.config import Settings
     from models.artifact import load_categorizer
     from models.engine import INT8_FILE
@@ -225,10 +226,14 @@ def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engine
     path = Settings().resolved_artifact_dir()
     if not (path / INT8_FILE).exists():
         pytest.skip(f"{path.name} has no {INT8_FILE} (python -m training.quantize)")
-    int8 = load_categorizer(path, engine="litert-int8")
-    texts, paths = catalogue_inputs
-    lite = engines["litert"]
-    images = [lite.prepare_image(Image.open(p)) for p in paths]
+    return load_categorizer(path, engine="litert-int8"), [engines["litert"].prepare_image(Image.open(p))
+                                                          for p in catalogue_inputs[1]]
+
+
+@pytest.mark.slow
+def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engines, catalogue_inputs, int8_and_images):
+    int8, images = int8_and_images
+    texts, lite = catalogue_inputs[0], engines["litert"]
     fp32_image, fp32_text, _ = lite.source_distributions(texts, images)
     q_image, q_text, _ = int8.source_distributions(texts, images)
     np.testing.assert_array_equal(q_text, fp32_text)  # the text model stays fp32 LiteRT
@@ -240,20 +245,14 @@ def test_the_8bit_image_engine_chooses_as_fp32_does_on_catalogue_products(engine
 
 
 @pytest.mark.slow
-def test_with_another_products_title_the_8bit_engine_still_weighs_image_and_text_as_fp32_does(engines, catalogue_inputs):
+def test_with_another_products_title_the_8bit_engine_still_weighs_image_and_text_as_fp32_does(
+        engines, catalogue_inputs, int8_and_images):
     # Where image and text disagree: the 8-bit softmax's exact zeros (floored at 1e-12 in the geometric
     # mean) vetoed the text's class, and about half such pairs were decided by the image alone.
-    from consumer.config import Settings
-    from models.artifact import load_categorizer
-    from models.engine import INT8_FILE, INT8_FLOOR, int8_distributions
+    from models.engine import INT8_FLOOR, int8_distributions
 
-    path = Settings().resolved_artifact_dir()
-    if not (path / INT8_FILE).exists():
-        pytest.skip(f"{path.name} has no {INT8_FILE} (python -m training.quantize)")
-    int8 = load_categorizer(path, engine="litert-int8")
-    texts, paths = catalogue_inputs
-    lite = engines["litert"]
-    images = [lite.prepare_image(Image.open(p)) for p in paths]
+    int8, images = int8_and_images
+    texts, lite = catalogue_inputs[0], engines["litert"]
     others = texts[1:] + texts[:1]  # each image with the next product's title
     q_image, _, _ = int8.source_distributions(others, images)
     assert q_image.min() > 0.5 * INT8_FLOOR  # no exact zeros left

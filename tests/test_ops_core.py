@@ -347,7 +347,8 @@ def test_failed_reload_keeps_the_old_model_and_counts_the_failure():
         r.close()
 
 
-def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
+def _pointed_reloader(tmp_path):
+    """Artifacts a and b, a symlink `current` to a, the model loaded from it and a reloader polling it."""
     a, b = _artifact(tmp_path, "a", None), _artifact(tmp_path, "b", None)
     link = tmp_path / "current"
     link.symlink_to(a)
@@ -356,8 +357,11 @@ def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
     def load():
         return Model(json.loads((s.resolved_artifact_dir() / "manifest.json").read_text())["version"])
 
-    current = load()
-    r = ModelReloader(load, s.resolved_artifact_dir, poll_s=0.05).start()
+    return a, b, link, load(), ModelReloader(load, s.resolved_artifact_dir, poll_s=0.05).start()
+
+
+def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
+    a, b, link, current, r = _pointed_reloader(tmp_path)
     try:
         time.sleep(0.2)  # several polls with an unchanged pointer: must not reload
         assert r.swap(current) is current
@@ -372,16 +376,7 @@ def test_reload_happens_when_the_artifact_pointer_moves(tmp_path):
 
 @pytest.mark.parametrize("broken", ["symlink loop", "pointer file not UTF-8"])
 def test_a_pointer_broken_for_a_while_keeps_the_current_model_and_reloading_goes_on(tmp_path, broken):
-    a, b = _artifact(tmp_path, "a", None), _artifact(tmp_path, "b", None)
-    link = tmp_path / "current"
-    link.symlink_to(a)
-    s = Settings(artifact_dir=link)
-
-    def load():
-        return Model(json.loads((s.resolved_artifact_dir() / "manifest.json").read_text())["version"])
-
-    current = load()
-    r = ModelReloader(load, s.resolved_artifact_dir, poll_s=0.05).start()
+    a, b, link, current, r = _pointed_reloader(tmp_path)
     try:
         tmp = tmp_path / "next"
         if broken == "symlink loop":  # a mistaken repoint: `ln -sfn current next && mv -T next current`
