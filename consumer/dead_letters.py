@@ -40,10 +40,11 @@ def value_budget(message_max_bytes: int) -> int:
 def next_cut(original: int, previous: int | None, budget: int) -> int | None:
     """How many bytes of an ``original``-byte value to keep after a size refusal of the last attempt
     (``previous`` bytes; None = the whole value). First cut: to the budget; each later refusal (a topic
-    limit below the client's) keeps a quarter; after an empty value was refused: None, give up."""
-    size = original if previous is None else previous
-    if size == 0:
+    limit below the client's) keeps a quarter; after a cut-down letter with no value was refused: None, give
+    up. An empty value (a tombstone) is still cut once, to 0: that also cuts an oversized key to KEY_KEEP."""
+    if previous == 0:
         return None
+    size = original if previous is None else previous
     if previous is None and original > budget:
         return budget
     return size // 4

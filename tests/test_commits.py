@@ -83,6 +83,16 @@ def test_cuts_go_to_the_budget_then_shrink_to_nothing_then_give_up():
     assert sizes[-1] == 0 and sizes == sorted(sizes, reverse=True) and len(sizes) < 12
 
 
+def test_an_empty_value_with_an_oversized_key_is_cut_once_to_headers_and_a_short_key():
+    # Before: an empty value gave up at the first refusal, so a tombstone with a 2 MB key could never be
+    # dead-lettered and stopped the service on every restart.
+    budget = dead_letters.value_budget(1_000_000)
+    assert dead_letters.next_cut(0, None, budget) == 0
+    assert dead_letters.next_cut(0, 0, budget) is None  # refused even so: give up
+    key, value, headers = dead_letters.truncated(b"k" * 2_000_000, None, 0)
+    assert len(key) == dead_letters.KEY_KEEP and value == b"" and dict(headers)["original_key_size"] == b"2000000"
+
+
 def test_truncated_copy_says_what_the_original_was():
     value, key = bytes(range(256)) * 100, b"k" * 5000
     k, v, headers = dead_letters.truncated(key, value, 1000)

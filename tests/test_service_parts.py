@@ -11,7 +11,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Kafk
 
 from consumer.config import Settings
 from consumer.adapters.kafka_io import produce
-from consumer.service.builders import RecordBuilder, arrival, decode
+from consumer.service.builders import OLDEST_S, RecordBuilder, arrival, decode
 from consumer.service.delivery import AtLeastOnce, PipelineFailed, Transactional, make_delivery
 from consumer.service.partitions import Partitions, flow_step
 from consumer.service.records import Batch, Out
@@ -104,7 +104,8 @@ def test_decode_keeps_poison_with_its_reason_and_arrival_falls_back_to_now():
     item = decode(CODEC, Msg(b"not avro"))
     assert item.event is None and item.error.code and item.decode_s >= 0
     assert decode(CODEC, event_msg()).event == event()
-    assert arrival(Msg(b"", ts=(TIMESTAMP_CREATE_TIME, 2_500))) == 2.5
+    assert arrival(Msg(b"", ts=(TIMESTAMP_CREATE_TIME, 2_500)), now=4.0) == 2.5
+    assert arrival(Msg(b"", ts=(TIMESTAMP_CREATE_TIME, 2_500)), now=100.0) == 100.0 - OLDEST_S  # far past: bounded
     assert abs(arrival(Msg(b"", ts=(TIMESTAMP_NOT_AVAILABLE, 0))) - time.time()) < 5
 
 
@@ -122,6 +123,24 @@ def test_a_partition_whose_producer_clock_runs_ahead_is_not_starved_by_a_backlog
         batcher.add(msgs, now, [arrival(m, now) for m in msgs])
         taken += [m.partition() for m in batcher.take()]  # 4 a round: a backlog builds up
     assert taken.count(1) >= 12  # its records take their turn by when they were received
+
+
+def test_a_partition_with_a_backlog_stamped_long_ago_does_not_starve_another():
+    """Regression: a backfill stamped a day in the past was always the oldest: while it had a backlog, every
+    batch was its own and the other partition's records waited as long as the backlog lasted (0 of 20 taken)."""
+    from consumer.batching import MicroBatcher
+
+    batcher = MicroBatcher(max_size=4, max_wait_s=0.0, key=lambda m: m.partition())
+    taken = []
+    for r in range(200):  # every 100 ms partition 0 brings 4 backfilled records, partition 1 one live record
+        now = 1_000_000.0 + r / 10
+        msgs = [Msg(b"", partition=0, ts=(TIMESTAMP_CREATE_TIME, int((now - 86_400) * 1000))) for _ in range(4)]
+        msgs.append(Msg(b"", partition=1, ts=(TIMESTAMP_CREATE_TIME, int(now * 1000))))
+        batcher.add(msgs, now, [arrival(m, now) for m in msgs])
+        taken += [m.partition() for m in batcher.take()]
+    # 800 taken of 1,000 brought: a live record waits about OLDEST_S (50 rounds) behind backfilled records read
+    # before it, then takes its turn by read time (120 of its 200 here; 0 before).
+    assert taken.count(1) >= 100
 
 
 def test_records_a_result_per_event_a_review_under_the_threshold_and_a_dead_letter_per_poison():
@@ -459,6 +478,32 @@ def test_a_drain_past_its_deadline_or_waiting_on_a_dead_inference_thread_fails()
     with pytest.raises(PipelineFailed, match="inference thread is gone"):
         Draining(alive=False, inflight=[waiting], deadline=None).check()
     Draining(alive=False, inflight=[inferred], deadline=None).check()  # nothing waits on it: not a failure
+
+
+def test_messages_read_with_an_eviction_are_not_batched_for_the_partitions_just_lost():
+    from collections import deque
+
+    from consumer.batching import MicroBatcher
+    from consumer.commits import CommitLedger, CommitSchedule
+    from consumer.service.service import Service
+
+    class Evicted(Msg):
+        def error(self):
+            return KafkaError(KafkaError._MAX_POLL_EXCEEDED)
+
+    class Svc(Service):
+        def _drain(self):  # nothing formed yet: the real drain would find nothing to do either
+            pass
+
+    svc = Svc.__new__(Svc)
+    svc.codec, svc.failure, svc.inflight, svc.last_message = CODEC, None, deque(), None
+    svc.batcher = MicroBatcher(8, 0.1, key=lambda it: it.tp)
+    svc.ledger, svc.schedule = CommitLedger(), CommitSchedule(0.0)
+    svc.partitions = Partitions().assign({IN0})
+    svc._accept([event_msg(offset=41), event_msg(offset=42), Evicted(None), event_msg(offset=43)])
+    # Before: the three events came back after the drop, were batched and their offsets committed for a
+    # partition another member owned.
+    assert svc.partitions.assigned == frozenset() and svc.batcher.counts() == {} and svc.last_message is None
 
 
 def test_the_worker_is_alive_until_its_thread_ends():

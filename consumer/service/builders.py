@@ -28,13 +28,19 @@ def decode(codec, msg: Message) -> Item:
     return item
 
 
+OLDEST_S = 5.0  # a record timestamp further in the past than this counts as this old
+
+
 def arrival(msg: Message, now: float | None = None) -> float:
     """When the message reached Kafka (its timestamp), or now when it has none: batches take the oldest first.
-    A timestamp in the future (a producer whose clock runs ahead) counts as now: taken as it is, its
-    partition's records would always be the newest and wait while the others had a backlog."""
+    The timestamp is bounded to [now - OLDEST_S, now] (now: when it was read). A timestamp in the future (a
+    producer whose clock runs ahead) would make its partition's records always the newest, and one far in
+    the past (a backfill stamped with event times, a clock running behind) always the oldest: either way one
+    partition's backlog took every batch while another's records waited. Bounded, a record waits at most
+    about OLDEST_S behind records read after it."""
     kind, ts = msg.timestamp()
     now = time.time() if now is None else now
-    return min(ts / 1000, now) if kind != TIMESTAMP_NOT_AVAILABLE else now
+    return max(min(ts / 1000, now), now - OLDEST_S) if kind != TIMESTAMP_NOT_AVAILABLE else now
 
 
 @dataclass(frozen=True)

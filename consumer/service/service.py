@@ -117,7 +117,7 @@ class Service(Rebalancing):
 
     def _accept(self, msgs: list[Message]) -> None:
         """Decode and validate as messages arrive (overlapping inference); poison is kept for the DLQ."""
-        now, items, stamps = time.monotonic(), [], []
+        now, items = time.monotonic(), []
         for msg in msgs:
             if msg.error():
                 if msg.error().fatal():
@@ -127,10 +127,10 @@ class Service(Rebalancing):
                     self._lose(self.assignment)
                 continue
             items.append(decode(self.codec, msg))
-            stamps.append(arrival(msg))  # oldest first across partitions
-        if items:
+        # None of a partition lost above (its new owner produces them: never ours to commit); oldest first.
+        if items := [it for it in items if it.tp in self.assignment]:
             self.last_message = now
-            self.batcher.add(items, now, stamps)
+            self.batcher.add(items, now, [arrival(it.msg) for it in items])
 
     def _submit(self, items: list[Item]) -> None:
         """Form a batch: start its image fetch, queue it for inference (serving Kafka while the queue is full)."""
