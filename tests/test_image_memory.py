@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,10 @@ from PIL import Image, ImageOps
 from consumer.adapters.images import PixelBudget, _Refused, decode_image
 from models import pixels
 from models.pixels import prepare_image, resize_bicubic, shrink_for
+from models.paths import DEFAULT_CATALOGUE_DIR
 
 SIZE = (192, 144)  # the committed artifact's input (height, width)
-CATALOGUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small" / "images"
+CATALOGUE = DEFAULT_CATALOGUE_DIR / "images"  # beside this checkout, or the one it was cloned from
 
 
 @pytest.fixture(scope="module")

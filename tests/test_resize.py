@@ -1,15 +1,14 @@
 """models.pixels.resize_bicubic against Pillow's BICUBIC, and prepare_images against prepare_image."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from models.pixels import RESIZE_GROUP, prepare_image, prepare_images, resize_bicubic
+from models.paths import DEFAULT_CATALOGUE_DIR
 
-CATALOGUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small" / "images"
+CATALOGUE = DEFAULT_CATALOGUE_DIR / "images"  # beside this checkout, or the one it was cloned from
 SIZE = (192, 144)
 
 
